@@ -1,0 +1,1 @@
+"""Character chat bot: config, characters, prompts, history, inference and entry points."""

@@ -1,0 +1,172 @@
+"""Character cards (`characters/<id>/character.yaml`) and the registry that finds them."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CHARACTER_FILE = "character.yaml"
+ADAPTER_DIR = "adapter"
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+class CharacterError(Exception):
+    """A card that cannot be loaded, or a name that matches no character."""
+
+
+class UnknownCharacter(CharacterError):
+    def __init__(self, name: str, suggestions: list[str], available: list[str]) -> None:
+        self.name = name
+        self.suggestions = suggestions
+        hint = (
+            f"did you mean {', '.join(suggestions)}?"
+            if suggestions
+            else f"available: {', '.join(available) or 'none'}"
+        )
+        super().__init__(f"No character called '{name}'; {hint}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Exchange(_Strict):
+    """One user line and the character's answer: the unit of rule examples and dialogues."""
+
+    user: str = Field(min_length=1)
+    character: str = Field(min_length=1)
+
+
+class Rule(_Strict):
+    rule: str = Field(min_length=1)
+    examples: list[Exchange] = []
+
+
+class Character(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    name: str = Field(min_length=1, max_length=80)
+    aliases: list[str] = []
+    description: str = Field(min_length=1)
+    personality: list[str] = []
+    speech_style: str = ""
+    rules: list[Rule] = []
+    scenario: str = ""
+    greeting: str = Field(min_length=1)
+    # Few-shot example dialogues (AliChat style): each a short conversation.
+    examples: list[list[Exchange]] = []
+    # Short in-character lines used when the model produced nothing usable.
+    fallback_lines: list[str] = Field(default_factory=lambda: ["..."], min_length=1)
+    avatar_url: str | None = None
+    language: str = "en"
+    # Set by the registry, not the card.
+    adapter_path: Path | None = Field(None, exclude=True)
+
+    @field_validator("examples")
+    @classmethod
+    def _dialogues_not_empty(cls, value: list[list[Exchange]]) -> list[list[Exchange]]:
+        if any(not dialogue for dialogue in value):
+            raise ValueError("each example dialogue needs at least one exchange")
+        return value
+
+    @property
+    def names(self) -> list[str]:
+        """Display name first, then aliases: every name the character answers to."""
+        return [self.name, *self.aliases]
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.adapter_path is not None
+
+    def fallback(self, seed: int = 0) -> str:
+        return self.fallback_lines[seed % len(self.fallback_lines)]
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return f"{path}: {key}: {first['msg']} (got {first.get('input')!r:.60})"
+
+
+def load_character(folder: Path) -> Character:
+    """Load and validate one character folder; raise CharacterError naming file and key."""
+    path = folder / CHARACTER_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CharacterError(f"{path}: missing; every character folder needs one") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CharacterError(f"{path}: not valid UTF-8 YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise CharacterError(f"{path}: must be a mapping of card fields")
+    try:
+        character = Character.model_validate(data)
+    except ValidationError as exc:
+        raise CharacterError(_format_validation_error(path, exc)) from None
+    if character.id != folder.name:
+        raise CharacterError(f"{path}: id '{character.id}' must match its folder '{folder.name}'")
+    adapter = folder / ADAPTER_DIR
+    if (adapter / "adapter_config.json").exists():
+        character = character.model_copy(update={"adapter_path": adapter})
+    return character
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", name.casefold()).strip()
+
+
+class CharacterRegistry:
+    """All characters in a folder, looked up by id, display name or alias (case-insensitive)."""
+
+    def __init__(self, characters: list[Character]) -> None:
+        self._by_id = {c.id: c for c in sorted(characters, key=lambda c: c.id)}
+        self._by_name: dict[str, Character] = {}
+        for character in self._by_id.values():
+            for name in (character.id, *character.names):
+                other = self._by_name.setdefault(_normalise(name), character)
+                if other.id != character.id:
+                    raise CharacterError(
+                        f"name '{name}' is used by both '{other.id}' and '{character.id}'"
+                    )
+
+    @classmethod
+    def load(cls, folder: Path) -> CharacterRegistry:
+        if not folder.is_dir():
+            raise CharacterError(f"{folder}: characters folder not found")
+        folders = sorted(p for p in folder.iterdir() if (p / CHARACTER_FILE).exists())
+        return cls([load_character(p) for p in folders])
+
+    def __iter__(self) -> Iterator[Character]:
+        return iter(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and _normalise(name) in self._by_name
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._by_id)
+
+    def get(self, name: str) -> Character:
+        """Find by id, name or alias; raise UnknownCharacter listing close matches."""
+        found = self._by_name.get(_normalise(name))
+        if found is not None:
+            return found
+        close = difflib.get_close_matches(_normalise(name), list(self._by_name), n=3, cutoff=0.6)
+        suggestions = list(dict.fromkeys(self._by_name[c].id for c in close))
+        raise UnknownCharacter(name, suggestions, self.ids)
+
+    def search(self, prefix: str, limit: int = 25) -> list[Character]:
+        """Characters whose id or a name starts with (or contains) the text, for autocomplete."""
+        needle = _normalise(prefix)
+        starts = [
+            c for c in self if any(_normalise(n).startswith(needle) for n in (c.id, *c.names))
+        ]
+        contains = [c for c in self if c not in starts and needle in _normalise(c.name)]
+        return (starts + contains)[:limit]

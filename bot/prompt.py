@@ -1,0 +1,223 @@
+"""Prompt building (in-context learning): card -> system message, examples, history, message.
+
+Pure functions: the same inputs give the same prompt. The tokenizer is only used to render the
+model's own chat template and to count tokens; training renders examples with the same code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bot.characters import Character, Exchange
+from bot.history import Turn
+
+Message = dict[str, str]
+ELLIPSIS = " …"
+
+
+class ChatTokenizer(Protocol):
+    """The part of a Hugging Face tokenizer the prompt builder needs."""
+
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+    def encode(self, text: str, **kwargs: Any) -> list[int]: ...
+
+    def decode(self, token_ids: Any, **kwargs: Any) -> str: ...
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: list[Message]
+    text: str  # rendered with the chat template, generation prompt included
+    token_count: int
+    examples_used: int  # example dialogues kept
+    history_used: int  # history turns kept
+    user_truncated: bool  # the new message was cut to fit the budget
+
+
+def system_message(character: Character) -> str:
+    """The card as one system message: identity, personality, style, rules, scenario."""
+    name = character.name
+    also = f" (also called {', '.join(character.aliases)})" if character.aliases else ""
+    parts = [f"You are {name}{also}. {character.description}"]
+    if character.personality:
+        parts.append("Personality:\n" + "\n".join(f"- {t}" for t in character.personality))
+    if character.speech_style:
+        parts.append(f"Speech style: {character.speech_style}")
+    if character.rules:
+        lines = []
+        for rule in character.rules:
+            lines.append(f"- {rule.rule}")
+            # Examples as quoted speech, not "Name:" lines, so the model is not taught prefixes.
+            lines += [
+                f'  For example, asked "{ex.user}", {name} says: "{ex.character}"'
+                for ex in rule.examples
+            ]
+        parts.append("Rules you always follow:\n" + "\n".join(lines))
+    if character.scenario:
+        parts.append(f"Scenario: {character.scenario}")
+    parts.append(
+        f"Stay in character as {name}. Users' messages start with their name. Reply with "
+        f"{name}'s next message only, in {name}'s own voice; never write lines for anyone else."
+    )
+    return "\n\n".join(parts)
+
+
+def turn_message(turn: Turn, character: Character) -> Message:
+    """This character's own turns are the assistant; everyone else speaks as a named user."""
+    if turn.role == "character" and turn.character_id == character.id:
+        return {"role": "assistant", "content": turn.content}
+    return {"role": "user", "content": f"{turn.author}: {turn.content}"}
+
+
+def example_messages(dialogue: Sequence[Exchange], user_name: str = "User") -> list[Message]:
+    messages: list[Message] = []
+    for exchange in dialogue:
+        messages.append({"role": "user", "content": f"{user_name}: {exchange.user}"})
+        messages.append({"role": "assistant", "content": exchange.character})
+    return messages
+
+
+def merge_same_role(messages: Sequence[Message]) -> list[Message]:
+    """Join consecutive messages of one role: several users may speak before the character."""
+    merged: list[Message] = []
+    for message in messages:
+        if merged and merged[-1]["role"] == message["role"]:
+            merged[-1] = {
+                **merged[-1],
+                "content": merged[-1]["content"] + "\n" + message["content"],
+            }
+        else:
+            merged.append(dict(message))
+    return merged
+
+
+def render(tokenizer: ChatTokenizer, messages: Sequence[Message], generation: bool = True) -> str:
+    return tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation
+    )
+
+
+def count_tokens(tokenizer: ChatTokenizer, text: str) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+@functools.lru_cache(maxsize=8192)
+def _message_cost(tokenizer: ChatTokenizer, role: str, content: str) -> int:
+    """Tokens one message adds inside the chat template (cached: history repeats every turn)."""
+    stub = {"role": "system", "content": "."}
+    with_message = render(tokenizer, [stub, {"role": role, "content": content}], generation=False)
+    return count_tokens(tokenizer, with_message) - _stub_cost(tokenizer)
+
+
+@functools.lru_cache(maxsize=16)
+def _stub_cost(tokenizer: ChatTokenizer) -> int:
+    return count_tokens(tokenizer, render(tokenizer, [{"role": "system", "content": "."}], False))
+
+
+@functools.lru_cache(maxsize=256)
+def _system_cost(tokenizer: ChatTokenizer, content: str) -> int:
+    """Tokens of the system message plus the generation prompt: the fixed part of every prompt."""
+    system = {"role": "system", "content": content}
+    return count_tokens(tokenizer, render(tokenizer, [system], generation=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _template_is_additive(tokenizer: ChatTokenizer) -> bool:
+    """Whether a prompt's length is the sum of its messages' lengths (true of ChatML templates,
+    whose messages are fenced by special tokens); if not, every prompt is counted in full."""
+    sample = [
+        {"role": "system", "content": "You are Tess."},
+        {"role": "user", "content": "alice: hi there"},
+        {"role": "assistant", "content": "Hello! Nice to meet you."},
+        {"role": "user", "content": "bob: and me?\nalice: yes?"},
+    ]
+    exact = count_tokens(tokenizer, render(tokenizer, sample))
+    return exact == _system_cost(tokenizer, sample[0]["content"]) + _cost(tokenizer, sample[1:])
+
+
+def _cost(tokenizer: ChatTokenizer, messages: Sequence[Message]) -> int:
+    return sum(_message_cost(tokenizer, m["role"], m["content"]) for m in messages)
+
+
+def _fit_user_text(tokenizer: ChatTokenizer, text: str, max_tokens: int) -> str:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= max_tokens:
+        return text
+    return tokenizer.decode(ids[: max(1, max_tokens - 2)]).rstrip() + ELLIPSIS
+
+
+def build_prompt(
+    character: Character,
+    history: Sequence[Turn],
+    message: Turn,
+    *,
+    tokenizer: ChatTokenizer,
+    budget: int,
+) -> Prompt:
+    """System card, then example dialogues, then the newest history that fits, then `message`.
+
+    Priority when the budget is tight: the system message is always kept, then the new message
+    (cut at the end if it alone is too long), then history newest-first, then examples.
+    """
+    system = {"role": "system", "content": system_message(character)}
+
+    def cost(messages: Sequence[Message]) -> int:
+        return _cost(tokenizer, messages)
+
+    fixed = _system_cost(tokenizer, system["content"])
+
+    new = turn_message(message, character)
+    new_cost = cost([new])
+    user_truncated = fixed + new_cost > budget
+    if user_truncated:
+        overhead = new_cost - count_tokens(tokenizer, new["content"])
+        room = max(8, budget - fixed - overhead)
+        new = {**new, "content": _fit_user_text(tokenizer, new["content"], room)}
+        new_cost = cost([new])
+    used = fixed + new_cost
+
+    kept_history: list[Message] = []
+    for turn in reversed(history):
+        turn_cost = cost([turn_message(turn, character)])
+        if used + turn_cost > budget:
+            break
+        kept_history.insert(0, turn_message(turn, character))
+        used += turn_cost
+
+    kept_examples: list[list[Message]] = []
+    for dialogue in character.examples:
+        dialogue_messages = example_messages(dialogue)
+        dialogue_cost = cost(dialogue_messages)
+        if used + dialogue_cost > budget:
+            break
+        kept_examples.append(dialogue_messages)
+        used += dialogue_cost
+
+    # Per-message costs can be off by a token where messages meet, so check the real total.
+    while True:
+        examples = [m for dialogue in kept_examples for m in dialogue]
+        messages = [system, *examples, *merge_same_role([*kept_history, new])]
+        text = render(tokenizer, messages)
+        if _template_is_additive(tokenizer):
+            total = fixed + cost(messages[1:])  # exact here, and cached
+        else:
+            total = count_tokens(tokenizer, text)
+        if total <= budget or not (kept_examples or kept_history):
+            break
+        if kept_examples:
+            kept_examples.pop()
+        else:
+            kept_history.pop(0)
+
+    return Prompt(
+        messages=messages,
+        text=text,
+        token_count=total,
+        examples_used=len(kept_examples),
+        history_used=len(kept_history),
+        user_truncated=user_truncated,
+    )

@@ -1,0 +1,1 @@
+"""Discord extensions, one per feature. Each is thin over the services in `bot/`."""

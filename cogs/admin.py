@@ -1,0 +1,91 @@
+"""/reload-adapter and /status: for server admins."""
+
+from __future__ import annotations
+
+import time
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.characters import UnknownCharacter
+from bot.discord_app.client import CharacterBot
+from bot.engine import AdapterError
+
+
+class Admin(commands.Cog):
+    def __init__(self, bot: CharacterBot) -> None:
+        self.bot = bot
+        self.started = time.monotonic()
+
+    async def all_characters(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return [
+            app_commands.Choice(name=c.name, value=c.id)
+            for c in self.bot.services.registry.search(current, limit=25)
+        ]
+
+    # default_permissions hides the command from non-admins, but servers can override it,
+    # so has_permissions checks again when it runs.
+    @app_commands.command(
+        name="reload-adapter", description="Load a character's newly trained adapter, live"
+    )
+    @app_commands.describe(character="Whose adapter to reload from its folder")
+    @app_commands.autocomplete(character=all_characters)
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.checks.has_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    async def reload_adapter(self, interaction: discord.Interaction, character: str) -> None:
+        services = self.bot.services
+        try:
+            chosen = services.registry.get(character)
+        except UnknownCharacter as exc:
+            await interaction.response.send_message(str(exc), ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        started = time.perf_counter()
+        try:
+            path = await services.reload_adapter(chosen)
+        except AdapterError as exc:
+            await interaction.followup.send(
+                f"The new adapter for {chosen.name} was refused: {exc}. {self._serving(chosen.id)}",
+                ephemeral=True,
+            )
+            return
+        took = time.perf_counter() - started
+        await interaction.followup.send(
+            f"{chosen.name} now speaks with the adapter from `{path.name}/` "
+            f"(loaded in {took:.1f} s, no restart).",
+            ephemeral=True,
+        )
+
+    def _serving(self, character_id: str) -> str:
+        if character_id in self.bot.services.engine.adapters:
+            return "The previous adapter keeps serving."
+        return "The character keeps answering with the base model."
+
+    @app_commands.command(name="status", description="Model, adapters, queue and Redis health")
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def status(self, interaction: discord.Interaction) -> None:
+        services = self.bot.services
+        engine = services.engine
+        redis_ok = await services.redis.ping()
+        adapters = ", ".join(sorted(engine.adapters)) or "none"
+        uptime = int(time.monotonic() - self.started)
+        lines = [
+            f"**Model**: {engine.model_name} on {engine.device}, "
+            f"quantization {engine.quantization}",
+            f"**Adapters loaded**: {adapters}",
+            f"**Characters**: {len(services.registry)}",
+            f"**Queue**: {services.batcher.queue_depth} waiting, "
+            f"{services.batcher.batches_run} batches run",
+            f"**Redis**: {'ok' if redis_ok else 'NOT reachable'} ({services.redis.description})",
+            f"**Uptime**: {uptime // 3600}h {uptime % 3600 // 60}m",
+        ]
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+
+async def setup(bot: CharacterBot) -> None:
+    await bot.add_cog(Admin(bot))

@@ -1,0 +1,82 @@
+"""/forget and /history: the channel's memory."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord_app.client import CharacterBot
+
+HISTORY_SHOWN = 20
+
+
+class ConfirmForget(discord.ui.View):
+    """Two buttons; only the person who asked can press them."""
+
+    def __init__(self, requester_id: int) -> None:
+        super().__init__(timeout=60)
+        self.requester_id = requester_id
+        self.confirmed: bool | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id != self.requester_id:
+            await interaction.response.send_message("This isn't your question.", ephemeral=True)
+            return False
+        return True
+
+    @discord.ui.button(label="Forget everything", style=discord.ButtonStyle.danger)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.confirmed = True
+        bot: CharacterBot = interaction.client  # type: ignore[assignment]
+        removed = await bot.services.chat.forget(interaction.channel_id)
+        await interaction.response.edit_message(
+            content=f"Done: this channel's memory is empty ({removed} turns forgotten).", view=None
+        )
+        self.stop()
+
+    @discord.ui.button(label="Keep", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.confirmed = False
+        await interaction.response.edit_message(content="Nothing was forgotten.", view=None)
+        self.stop()
+
+
+class Memory(commands.Cog):
+    def __init__(self, bot: CharacterBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="forget", description="Clear what the characters remember here")
+    @app_commands.guild_only()
+    async def forget(self, interaction: discord.Interaction) -> None:
+        count = await self.bot.services.history.count(interaction.channel_id)
+        if not count:
+            await interaction.response.send_message("There is nothing to forget.", ephemeral=True)
+            return
+        await interaction.response.send_message(
+            f"Forget the {count} remembered turns of this channel? This cannot be undone.",
+            view=ConfirmForget(interaction.user.id),
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="history", description="Show what the characters remember here")
+    @app_commands.guild_only()
+    async def history(self, interaction: discord.Interaction) -> None:
+        turns = await self.bot.services.history.recent(interaction.channel_id)
+        if not turns:
+            await interaction.response.send_message("Nothing is remembered here.", ephemeral=True)
+            return
+        shown = turns[-HISTORY_SHOWN:]
+        lines = [f"**{t.author}**: {t.content}" for t in shown]
+        header = f"{len(turns)} turns remembered; the newest {len(shown)}:\n"
+        text = header + "\n".join(lines)
+        while len(text) > 2000 and len(lines) > 1:  # keep the newest that fit one message
+            lines.pop(0)
+            text = header + "\n".join(lines)
+        await interaction.response.send_message(
+            text[:2000], ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
+
+
+async def setup(bot: CharacterBot) -> None:
+    await bot.add_cog(Memory(bot))

@@ -1,0 +1,108 @@
+"""/summon, /dismiss and /characters: who is in the channel."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.characters import UnknownCharacter
+from bot.discord_app.client import CharacterBot
+
+
+class Summon(commands.Cog):
+    def __init__(self, bot: CharacterBot) -> None:
+        self.bot = bot
+
+    @property
+    def services(self):
+        return self.bot.services
+
+    async def all_characters(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return [
+            app_commands.Choice(name=c.name, value=c.id)
+            for c in self.services.registry.search(current, limit=25)
+        ]
+
+    async def present_characters(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        present = await self.services.presence.present(interaction.channel_id)
+        matches = {c.id for c in self.services.registry.search(current, limit=25)}
+        return [
+            app_commands.Choice(name=self.services.registry.get(c).name, value=c)
+            for c in present
+            if c in matches
+        ][:25]
+
+    @app_commands.command(name="summon", description="Bring a character into this channel")
+    @app_commands.describe(character="Who to summon (start typing a name)")
+    @app_commands.autocomplete(character=all_characters)
+    @app_commands.guild_only()
+    async def summon(self, interaction: discord.Interaction, character: str) -> None:
+        try:
+            chosen = self.services.registry.get(character)
+        except UnknownCharacter as exc:
+            await interaction.response.send_message(str(exc), ephemeral=True)
+            return
+        channel = interaction.channel
+        if not await self.services.presence.summon(channel.id, chosen.id):
+            await interaction.response.send_message(
+                f"{chosen.name} is already here. Mention them or reply to them to talk.",
+                ephemeral=True,
+            )
+            return
+        await interaction.response.send_message(
+            f"{chosen.name} joins the channel. Talk with `@{chosen.id} ...`, "
+            "by mentioning me, or by replying to them.",
+            ephemeral=True,
+        )
+        greeting = await self.services.chat.greet(channel.id, chosen)
+        messages = await self.bot.speaker.send(channel, chosen, greeting)
+        await self.services.presence.spoke(channel.id, chosen.id, [m.id for m in messages])
+
+    @app_commands.command(name="dismiss", description="Send a character (or everyone) away")
+    @app_commands.describe(character="Who to dismiss; leave empty to dismiss everyone here")
+    @app_commands.autocomplete(character=present_characters)
+    @app_commands.guild_only()
+    async def dismiss(self, interaction: discord.Interaction, character: str | None = None) -> None:
+        channel_id = interaction.channel_id
+        present = await self.services.presence.present(channel_id)
+        if character is None:
+            targets = present
+        else:
+            try:
+                targets = [self.services.registry.get(character).id]
+            except UnknownCharacter as exc:
+                await interaction.response.send_message(str(exc), ephemeral=True)
+                return
+        gone = [c for c in targets if await self.services.presence.dismiss(channel_id, c)]
+        if gone:
+            names = ", ".join(self.services.registry.get(c).name for c in gone)
+            await interaction.response.send_message(f"{names} left the channel.")
+        elif character is None:
+            await interaction.response.send_message(
+                "Nobody is here to dismiss. `/summon` someone first.", ephemeral=True
+            )
+        else:
+            name = self.services.registry.get(character).name
+            await interaction.response.send_message(
+                f"{name} isn't in this channel.", ephemeral=True
+            )
+
+    @app_commands.command(name="characters", description="List the characters you can summon")
+    async def characters(self, interaction: discord.Interaction) -> None:
+        present = set(await self.services.presence.present(interaction.channel_id))
+        lines = []
+        for c in self.services.registry:
+            here = " (here)" if c.id in present else ""
+            lines.append(
+                f"**{c.name}** (`{c.id}`){here}: {c.description.split('. ')[0].rstrip('.')}."
+            )
+        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
+
+
+async def setup(bot: CharacterBot) -> None:
+    await bot.add_cog(Summon(bot))

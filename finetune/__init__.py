@@ -1,0 +1,1 @@
+"""Fine-tuning tools: datasets from scripts, LoRA training, evaluation (`python -m finetune`)."""

@@ -1,0 +1,53 @@
+import pytest
+
+from bot.discord_app.limits import ChannelQueue, Cooldown
+from bot.presence import PresenceStore
+
+
+@pytest.fixture
+def presence(redis_connection, key_prefix):
+    return PresenceStore(redis_connection.client, key_prefix=key_prefix)
+
+
+async def test_summon_dismiss_and_order(presence):
+    assert await presence.summon(1, "goku")
+    assert await presence.summon(1, "vegeta")
+    assert not await presence.summon(1, "goku")  # already here
+    assert await presence.present(1) == ["goku", "vegeta"]
+    assert await presence.present(2) == []
+    assert await presence.dismiss(1, "goku")
+    assert not await presence.dismiss(1, "goku")
+    assert await presence.present(1) == ["vegeta"]
+
+
+async def test_last_speaker_and_message_authors(presence):
+    await presence.summon(1, "goku")
+    await presence.spoke(1, "goku", [111, 112])
+    assert await presence.last_speaker(1) == "goku"
+    assert await presence.author_of(111) == "goku"
+    assert await presence.author_of(999) is None
+    await presence.dismiss(1, "goku")
+    assert await presence.last_speaker(1) is None  # a dismissed character is not "last"
+
+
+async def test_presence_survives_a_new_store(presence, redis_connection, key_prefix):
+    await presence.summon(5, "goku")
+    again = PresenceStore(redis_connection.client, key_prefix=key_prefix)
+    assert await again.present(5) == ["goku"]
+
+
+def test_cooldown():
+    cooldown = Cooldown(3)
+    assert cooldown.retry_after(1, now=100) == 0
+    assert cooldown.retry_after(1, now=101) == pytest.approx(2)
+    assert cooldown.retry_after(2, now=101) == 0  # per user
+    assert cooldown.retry_after(1, now=103.5) == 0
+
+
+def test_channel_queue():
+    queue = ChannelQueue(2)
+    assert queue.enter(1) and queue.enter(1)
+    assert not queue.enter(1)
+    assert queue.enter(2)
+    queue.leave(1)
+    assert queue.depth(1) == 1 and queue.enter(1)
