@@ -7,10 +7,20 @@ reply to one of its earlier messages.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 MESSAGE_TTL_SECONDS = 30 * 24 * 3600  # replies to older messages are answered like mentions
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """What routing a message needs to know about its channel."""
+
+    present: list[str]  # character ids, in the order they were summoned
+    last_speaker: str | None
+    replied_to: str | None  # the character that wrote the message being replied to
 
 
 class PresenceStore:
@@ -52,6 +62,19 @@ class PresenceStore:
 
     async def last_speaker(self, channel_id: str | int) -> str | None:
         return await self.redis.get(self._key("last", channel_id))
+
+    async def channel_state(
+        self, channel_id: str | int, reply_to_message_id: int | None = None
+    ) -> ChannelState:
+        """Presence, last speaker and the replied-to author in one round trip (every message
+        the bot sees asks this, so it is worth the pipeline)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self._key("present", channel_id), 0, -1)
+            pipe.get(self._key("last", channel_id))
+            if reply_to_message_id:
+                pipe.get(self._key("message", reply_to_message_id))
+            present, last, *replied = await pipe.execute()
+        return ChannelState(list(present), last, replied[0] if replied else None)
 
     async def author_of(self, message_id: int) -> str | None:
         """The character that wrote a message the bot posted, if it is remembered."""

@@ -48,20 +48,18 @@ class Chat(commands.Cog):
         services = self.bot.services
         channel_id = message.channel.id
         mentions_bot = self.bot.user in message.mentions
-        reply_to = None
-        if message.reference and message.reference.message_id:
-            reply_to = await services.presence.author_of(message.reference.message_id)
-        present = await services.presence.present(channel_id)
-        if not (mentions_bot or reply_to or present):
+        reference = message.reference.message_id if message.reference else None
+        state = await services.presence.channel_state(channel_id, reference)
+        if not (mentions_bot or state.replied_to or state.present):
             return  # nobody here to answer: stay out of ordinary conversation
         text = self._text_of(message)
         route = route_message(
             text,
             registry=services.registry,
-            present=present,
+            present=state.present,
             mentions_bot=mentions_bot,
-            reply_to_character=reply_to,
-            last_speaker=await services.presence.last_speaker(channel_id),
+            reply_to_character=state.replied_to,
+            last_speaker=state.last_speaker,
         )
         if route.character is None:
             if route.hint:

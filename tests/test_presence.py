@@ -1,7 +1,7 @@
 import pytest
 
 from bot.discord_app.limits import ChannelQueue, Cooldown
-from bot.presence import PresenceStore
+from bot.presence import ChannelState, PresenceStore
 
 
 @pytest.fixture
@@ -28,6 +28,16 @@ async def test_last_speaker_and_message_authors(presence):
     assert await presence.author_of(999) is None
     await presence.dismiss(1, "goku")
     assert await presence.last_speaker(1) is None  # a dismissed character is not "last"
+
+
+async def test_channel_state_in_one_read(presence):
+    await presence.summon(3, "goku")
+    await presence.summon(3, "vegeta")
+    await presence.spoke(3, "vegeta", [301])
+    state = await presence.channel_state(3, reply_to_message_id=301)
+    assert state == ChannelState(["goku", "vegeta"], "vegeta", "vegeta")
+    assert await presence.channel_state(4) == ChannelState([], None, None)
+    assert (await presence.channel_state(3, reply_to_message_id=999)).replied_to is None
 
 
 async def test_presence_survives_a_new_store(presence, redis_connection, key_prefix):
