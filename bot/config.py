@@ -122,12 +122,19 @@ def _set_path(data: dict[str, Any], path: tuple[str, ...], value: str) -> None:
     node[path[-1]] = value
 
 
-def _describe_error(error: ValidationError, source: str, env_keys: dict[str, str]) -> str:
+def describe_validation_error(
+    error: ValidationError,
+    source: str,
+    env_keys: dict[str, str] | None = None,
+    keys_hint: str = "see config.yaml in the project root for the keys",
+) -> str:
+    """One line naming the bad key, its value and what is allowed (secrets hidden)."""
+    env_keys = env_keys or {}
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
     source = env_keys.get(key, source)
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'; see config.yaml in the project root for the keys"
+        return f"{source}: unknown key '{key}'; {keys_hint}"
     value = first.get("input")
     if isinstance(value, SecretStr) or key.endswith("token") or key.endswith("url"):
         value = "<hidden>"  # never echo secrets
@@ -168,4 +175,4 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe_error(exc, path.name, env_keys)) from None
+        raise ConfigError(describe_validation_error(exc, path.name, env_keys)) from None

@@ -1,0 +1,78 @@
+"""Training speed of the fine-tuning pipeline on this machine, and what it means for a character.
+
+Runs `finetune.train.train` (the code behind `python -m finetune train`) for a few steps on a
+character's built training set, once as configured (the card prefix shared per batch) and once
+with full sequences as the baseline, in the same process. Prints tokens/s, examples/s, the
+ratio, and the projected time for a 300-example character trained for 3 epochs.
+
+    .venv/bin/python -m bench.train [--character goku] [--steps 6] [--baseline-steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+from bot.characters import CharacterRegistry
+from bot.config import load_config
+from finetune.recipe import load_recipe
+from finetune.train import TrainResult, train
+
+
+def timed_run(character, train_file: Path, steps: int, share_prefix: bool, config) -> TrainResult:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        (data / "train.jsonl").write_bytes(train_file.read_bytes())  # no eval: time steps only
+        recipe = load_recipe(
+            Path(__file__).parent.parent / "finetune" / "recipes" / "cpu-small.yaml",
+            max_steps=steps,
+            share_prefix=share_prefix,
+        )
+        return train(
+            character,
+            data_dir=data,
+            out_dir=Path(tmp) / "adapter",
+            recipe=recipe,
+            config=config,
+            work_dir=Path(tmp) / "work",
+            resume=False,
+            progress=False,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--character", default="goku")
+    parser.add_argument("--steps", type=int, default=6, help="steps of the configured run")
+    parser.add_argument("--baseline-steps", type=int, default=3, help="steps of the baseline")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    config = load_config()
+    character = CharacterRegistry.load(config.characters_dir).get(args.character)
+    train_file = config.characters_dir / character.id / "data" / "train.jsonl"
+    if not train_file.exists():
+        raise SystemExit(f"{train_file} is missing: run `python -m finetune build` first")
+    batch = load_recipe(None).batch_size
+
+    shared = timed_run(character, train_file, args.steps, True, config)
+    full = timed_run(character, train_file, args.baseline_steps, False, config)
+    rows = []
+    for name, result, steps in (
+        ("shared card prefix (default)", shared, args.steps),
+        ("full sequences (baseline)", full, args.baseline_steps),
+    ):
+        per_second = steps * batch / result.loop_seconds
+        rows.append(per_second)
+        print(
+            f"{name}: {steps} steps of {batch} examples, {result.tokens_per_second:.0f} tokens/s, "
+            f"{per_second:.2f} examples/s -> 300 examples x 3 epochs in "
+            f"{900 / per_second / 60:.1f} min"
+        )
+    print(f"ratio shared / full, examples per second: {rows[0] / rows[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

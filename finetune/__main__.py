@@ -1,0 +1,313 @@
+"""`python -m finetune build | train | chat | compare`: from scripts to a character's adapter.
+
+python -m finetune build goku characters/goku/data/sources/*.jsonl
+python -m finetune train goku --recipe finetune/recipes/cpu-small.yaml
+python -m finetune chat goku
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from bot.__main__ import run_console, setup_logging
+from bot.config import PROJECT_ROOT, ConfigError, load_config
+from finetune.recipe import Recipe, RecipeError, load_recipe
+
+log = logging.getLogger("finetune")
+DEFAULT_SPC = PROJECT_ROOT.parent / "shared" / "data" / "synthetic-persona-chat" / "valid.csv"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("character", help="character id (a folder in characters/)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="folder with train.jsonl and eval.jsonl (default: characters/<id>/data)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where the adapter goes (default: characters/<id>/adapter; the old one is kept "
+        "as adapter.previous)",
+    )
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        help="YAML file of settings (see finetune/recipes/); options below override it",
+    )
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even if an interrupted run left a checkpoint",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    settings = parser.add_argument_group(
+        "recipe settings", "each overrides the recipe file; defaults in brackets"
+    )
+    helps = {
+        "r": "LoRA rank",
+        "alpha": "LoRA alpha (scale = alpha / r)",
+        "dropout": "LoRA dropout",
+        "target_modules": "module names to adapt, e.g. q_proj v_proj",
+        "epochs": "passes over the training set (ignored when --max-steps is set)",
+        "max_steps": "stop after this many optimizer steps",
+        "learning_rate": "peak learning rate",
+        "schedule": "learning-rate schedule after warm-up",
+        "warmup_steps": "steps of linear warm-up",
+        "weight_decay": "AdamW weight decay",
+        "batch_size": "examples per micro-batch",
+        "grad_accum": "micro-batches per optimizer step",
+        "max_grad_norm": "gradient clipping",
+        "max_seq_len": "tokens per example; the prompt is built within it, as at inference",
+        "eval_every": "evaluate on eval.jsonl every N steps",
+        "early_stopping_patience": "stop after N evaluations without a lower eval loss",
+        "checkpoint_every": "save a resumable checkpoint every N steps",
+        "seed": "random seed (data order, LoRA init, dropout)",
+        "share_prefix": "compute the shared card prefix once per batch (true/false)",
+        "prefix_refresh_every": "re-run the shared prefix every N steps (1 = exact)",
+    }
+    for name, info in Recipe.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict = {"help": f"{helps[name]} [{info.get_default(call_default_factory=True)}]"}
+        if name == "target_modules":
+            kwargs["nargs"] = "+"
+        elif name == "schedule":
+            kwargs["choices"] = ["cosine", "linear", "constant"]
+        elif name == "share_prefix":
+            kwargs["type"] = lambda v: v.lower() in ("1", "true", "yes")
+        elif info.annotation in (int, int | None):
+            kwargs["type"] = int
+        else:
+            kwargs["type"] = float
+        settings.add_argument(flag, dest=name, default=None, **kwargs)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune",
+        description="Build a character's training set, train its LoRA adapter, try it.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser(
+        "build",
+        help="turn scripts, subtitles, Q&A or chats into train/eval JSONL",
+        description="Turn sources into a chat-format training set for one character.",
+    )
+    from finetune.build import add_build_arguments
+
+    add_build_arguments(build)
+    build.add_argument(
+        "--show-masks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print N training examples as the trainer sees them: masked prompt, then the "
+        "trained tokens inside [[...]]",
+    )
+
+    train = sub.add_parser(
+        "train",
+        help="train the character's LoRA adapter",
+        description="LoRA training on the configured base model (NF4 QLoRA on CUDA, plain LoRA "
+        "on the CPU), loss on the character's turns only, prompts built as at inference.",
+    )
+    add_train_arguments(train)
+
+    chat = sub.add_parser(
+        "chat",
+        help="chat with a character in the terminal, with its (or another) adapter",
+    )
+    chat.add_argument("character", help="character id, name or alias")
+    chat.add_argument(
+        "--adapter",
+        type=Path,
+        help="adapter folder to try (default: the character's own adapter/ if any)",
+    )
+    chat.add_argument("--name", default="User", help="your name in the chat")
+
+    compare = sub.add_parser(
+        "compare",
+        help="answers to the same messages with the card alone and with the adapter",
+        description="Greedy answers to each MESSAGE in a fresh channel: card only (base model) "
+        "vs card + adapter, side by side.",
+    )
+    compare.add_argument("character", help="character id, name or alias")
+    compare.add_argument("messages", nargs="+", metavar="MESSAGE")
+    compare.add_argument(
+        "--adapter", type=Path, help="adapter folder (default: characters/<id>/adapter)"
+    )
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="the persona-fidelity report: base vs card vs card + adapter",
+        description="Answer held-out prompts and rule probes with four set-ups and measure "
+        "attribution, probes, reference metrics and adapter likelihood; writes report.md, "
+        "report.json and charts.",
+    )
+    evaluate.add_argument(
+        "characters", nargs="*", help="character ids (default: every character with an adapter)"
+    )
+    evaluate.add_argument(
+        "--out", type=Path, default=PROJECT_ROOT / "docs" / "report", help="report folder"
+    )
+    evaluate.add_argument("--quick", action="store_true", help="few prompts: a smoke run")
+    evaluate.add_argument("--prompts", type=int, help="held-out prompts per character [20]")
+    evaluate.add_argument(
+        "--spc",
+        type=Path,
+        default=DEFAULT_SPC,
+        help="Synthetic-Persona-Chat CSV for the damage guard (skipped if missing)",
+    )
+    return parser.parse_args(argv)
+
+
+def command_build(args: argparse.Namespace) -> int:
+    from finetune.build import run_build
+
+    result = run_build(args)
+    print(result.summary() if hasattr(result, "summary") else result)
+    if args.show_masks:
+        show_masks(args.character, Path(result.train_path), args.show_masks)
+    return 0
+
+
+def show_masks(character_id: str, train_path: Path, count: int) -> None:
+    from bot.characters import CharacterRegistry
+    from bot.engine.loading import load_tokenizer
+    from finetune.examples import encode_all, read_records
+    from finetune.examples import show_masks as render_masks
+
+    config = load_config()
+    character = CharacterRegistry.load(config.characters_dir).get(character_id)
+    tokenizer = load_tokenizer(config)
+    records = read_records(train_path)[:count]
+    examples, _ = encode_all(records, character, tokenizer, max_seq_len=Recipe().max_seq_len)
+    for number, example in enumerate(examples, start=1):
+        print(f"\n===== example {number} ({example.id}): masked, then [[trained]] =====")
+        print(render_masks(example, tokenizer))
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from bot.characters import CharacterRegistry
+    from finetune.train import train
+
+    overrides = {name: getattr(args, name) for name in Recipe.model_fields}
+    recipe = load_recipe(args.recipe, **overrides)
+    config = load_config()
+    character = CharacterRegistry.load(config.characters_dir).get(args.character)
+    folder = config.characters_dir / character.id
+    result = train(
+        character,
+        data_dir=args.data or folder / "data",
+        out_dir=args.out or folder / "adapter",
+        recipe=recipe,
+        config=config,
+        work_dir=config.data_dir / "training",
+        resume=not args.no_resume,
+        progress=not args.quiet,
+    )
+    if result.resumed_from_step:
+        print(f"resumed from the checkpoint at step {result.resumed_from_step}")
+    print(
+        f"{character.name}: {result.steps} steps on {result.train_examples} examples in "
+        f"{result.seconds:.0f} s ({result.tokens_per_second:.0f} tokens/s); eval loss "
+        f"{result.eval_loss_before:.4f} -> {result.eval_loss_after:.4f}; adapter in "
+        f"{result.adapter_path}"
+    )
+    return 0
+
+
+def command_chat(args: argparse.Namespace) -> int:
+    asyncio.run(
+        run_console(args.character, args.name, adapter=args.adapter, channel_id="finetune-chat")
+    )
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from bot.characters import CharacterRegistry
+    from finetune.compare import compare
+
+    config = load_config()
+    character = CharacterRegistry.load(config.characters_dir).get(args.character)
+    adapter = args.adapter or config.characters_dir / character.id / "adapter"
+    for row in compare(character, args.messages, adapter=adapter, config=config):
+        print(f"> {row.prompt}")
+        print(f"  card only:      {row.card_only}")
+        print(f"  card + adapter: {row.with_adapter}\n")
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from bot.characters import CharacterRegistry
+    from finetune.evaluate import EvalOptions, headline_table, run_eval
+
+    config = load_config()
+    registry = CharacterRegistry.load(config.characters_dir)
+    if args.characters:
+        characters = [registry.get(name) for name in args.characters]
+    else:
+        characters = [c for c in registry if c.has_adapter]
+    options = EvalOptions.quick() if args.quick else EvalOptions()
+    if args.prompts:
+        options = dataclasses.replace(options, prompts=args.prompts)
+    report = run_eval(
+        characters, config=config, out_dir=args.out, options=options, spc_path=args.spc
+    )
+    print(headline_table(report))
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    logging.getLogger("finetune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from bot.characters import CharacterError
+    from bot.engine import AdapterError
+    from bot.engine.loading import ModelLoadError
+    from finetune.build import BuildError
+    from finetune.evaluate import EvalError
+    from finetune.examples import ExampleError
+    from finetune.probes import ProbeError
+    from finetune.train import TrainError
+
+    commands = {
+        "build": command_build,
+        "train": command_train,
+        "chat": command_chat,
+        "compare": command_compare,
+        "eval": command_eval,
+    }
+    try:
+        return commands[args.command](args)
+    except (
+        BuildError,
+        CharacterError,
+        ConfigError,
+        RecipeError,
+        ExampleError,
+        EvalError,
+        ProbeError,
+        TrainError,
+        AdapterError,
+        ModelLoadError,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; `train` resumes from its last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(PROJECT_ROOT))
+    sys.exit(main())

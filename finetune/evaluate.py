@@ -1,0 +1,441 @@
+"""`python -m finetune eval`: does each adapter make its character more itself?
+
+Per character, on prompts none of the adapters trained on (its `eval.jsonl` and rule probes),
+four set-ups answer with greedy decoding:
+
+    base            the base model told only the character's name
+    card_zero_shot  the full card (persona, style, rules), no example dialogues
+    card_few_shot   the card and its example dialogues: what the bot sends without an adapter
+    card_adapter    the same prompt, through the character's LoRA adapter
+
+and the report measures: who a MiniLM + logistic-regression classifier (trained on the
+characters' training lines) thinks is speaking; the rule probes' pass rate; BLEU, ROUGE-L,
+embedding similarity and distinct-n against the held-out replies; each character's held-out
+lines scored under every adapter (perplexity; the own adapter should fit best); and perplexity
+on Synthetic-Persona-Chat dialogues with and without each adapter (general damage guard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from bot.characters import Character
+from bot.config import Config
+from bot.engine import GenerationRequest, InferenceEngine, SamplingSettings
+from bot.history import Turn
+from bot.postprocess import clean_reply
+from bot.prompt import build_prompt
+from finetune import metrics
+from finetune.attribution import train_attribution
+from finetune.embeddings import load_encoder
+from finetune.examples import encode_all, read_records
+from finetune.probes import Probe, character_probes
+from finetune.recipe import Recipe
+from finetune.train import evaluate as mean_target_loss
+
+log = logging.getLogger(__name__)
+
+
+class EvalError(Exception):
+    pass
+
+
+SETUPS = ("base", "card_zero_shot", "card_few_shot", "card_adapter")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    prompts: int = 20  # held-out prompts per character
+    probes: int = 10  # rule probes per character
+    likelihood_lines: int = 30  # held-out lines scored under every adapter
+    spc_dialogues: int = 20  # Synthetic-Persona-Chat dialogues for the damage guard
+    max_new_tokens: int = 48
+    batch_size: int = 8
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> EvalOptions:
+        return cls(prompts=4, probes=3, likelihood_lines=6, spc_dialogues=4, max_new_tokens=32)
+
+
+@dataclass
+class Item:
+    """One prompt to answer: held-out context (with its reference reply) or a rule probe."""
+
+    character: str
+    turns: list[Turn]
+    reference: str | None = None
+    probe: Probe | None = None
+    answers: dict[str, str] = field(default_factory=dict)
+
+
+def variant(character: Character, setup: str) -> Character:
+    """The card each set-up prompts with."""
+    if setup == "base":
+        return character.model_copy(
+            update={
+                "description": f"{character.name}.",
+                "personality": [],
+                "speech_style": "",
+                "rules": [],
+                "scenario": "",
+                "examples": [],
+            }
+        )
+    if setup == "card_zero_shot":
+        return character.model_copy(update={"examples": []})
+    return character
+
+
+def collect_items(characters: list[Character], root: Path, options: EvalOptions) -> list[Item]:
+    items = []
+    for character in characters:
+        folder = root / character.id
+        records = read_records(folder / "data" / "eval.jsonl")
+        held_out = [r for r in records if r["turns"] and r["turns"][-1].role == "user"]
+        for record in held_out[: options.prompts]:
+            items.append(Item(character.id, record["turns"], reference=record["reply"]))
+        for probe in character_probes(folder)[: options.probes]:
+            items.append(Item(character.id, [Turn("user", "User", probe.question)], probe=probe))
+    return items
+
+
+def answer_all(
+    engine: InferenceEngine,
+    characters: dict[str, Character],
+    items: list[Item],
+    config: Config,
+    options: EvalOptions,
+) -> None:
+    """Fill `item.answers[setup]` for every item and set-up, in batches."""
+    settings = SamplingSettings.from_config(
+        config.generation, temperature=0.0, max_new_tokens=options.max_new_tokens
+    )
+    jobs = []
+    for item in items:
+        character = characters[item.character]
+        for setup in SETUPS:
+            card = variant(character, setup)
+            prompt = build_prompt(
+                card,
+                item.turns[:-1],
+                item.turns[-1],
+                tokenizer=engine.tokenizer,
+                budget=config.prompt.token_budget,
+            )
+            adapter = character.id if setup == "card_adapter" else None
+            jobs.append((item, setup, GenerationRequest(prompt.text, settings, adapter=adapter)))
+    jobs.sort(key=lambda job: len(job[2].prompt))  # similar lengths batch with less padding
+    for start in tqdm(range(0, len(jobs), options.batch_size), desc="generate", leave=False):
+        chunk = jobs[start : start + options.batch_size]
+        results = engine.generate([request for _, _, request in chunk], seed=options.seed)
+        for (item, setup, _), result in zip(chunk, results, strict=True):
+            character = characters[item.character]
+            authors = sorted({t.author for t in item.turns if t.role == "user"})
+            item.answers[setup] = clean_reply(
+                result.text,
+                speaker_names=character.names,
+                other_speakers=authors
+                + [c.name for c in characters.values() if c is not character],
+                hit_token_limit=result.hit_token_limit,
+                fallback="",
+            )
+
+
+def adapter_scope(engine: InferenceEngine, adapter: str | None):
+    """Run the engine's model with one adapter active (None: the base, adapters off)."""
+    model = engine.model
+    if adapter is None:
+        return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    model.set_adapter(engine.adapter_name(adapter))
+    return nullcontext()
+
+
+def perplexity_under(
+    engine: InferenceEngine, adapter: str | None, examples: list, batch_size: int
+) -> float:
+    with adapter_scope(engine, adapter):
+        loss = mean_target_loss(engine.model, examples, Recipe(batch_size=batch_size), "cpu")
+    return math.exp(loss)
+
+
+def run_eval(
+    characters: list[Character],
+    *,
+    config: Config,
+    out_dir: Path,
+    options: EvalOptions,
+    spc_path: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate, write report.json / report.md / charts into `out_dir`, return the figures."""
+    ids = [c.id for c in characters]
+    by_id = {c.id: c for c in characters}
+    root = config.characters_dir
+    missing = [c.id for c in characters if not c.has_adapter]
+    if missing:
+        raise EvalError(
+            f"no adapter for {', '.join(missing)}: train one with `python -m finetune train ID`"
+        )
+    engine = InferenceEngine.from_config(config)
+    for character in characters:
+        engine.load_adapter(character.id, character.adapter_path)
+
+    # 1. Answers of every set-up to the held-out prompts and probes.
+    items = collect_items(characters, root, options)
+    answer_all(engine, by_id, items, config, options)
+
+    # 2. Attribution: a classifier of who is speaking, trained on the training replies.
+    encoder = load_encoder()
+    training_lines = {
+        c.id: [r["reply"] for r in read_records(root / c.id / "data" / "train.jsonl")]
+        for c in characters
+    }
+    classifier = train_attribution(encoder, training_lines, seed=options.seed)
+    report: dict[str, Any] = {
+        "characters": ids,
+        "setups": list(SETUPS),
+        "options": options.__dict__,
+    }
+    attribution: dict[str, Any] = {}
+    held_out = [item for item in items if item.reference is not None]
+    for setup in SETUPS:
+        answers = [item.answers[setup] or "..." for item in held_out]
+        predicted = classifier.predict(encoder.encode(answers))
+        gold = [item.character for item in held_out]
+        attribution[setup] = {
+            "accuracy": metrics.accuracy(predicted, gold),
+            "per_character": {
+                c: metrics.accuracy(
+                    [p for p, g in zip(predicted, gold, strict=True) if g == c], [c] * gold.count(c)
+                )
+                for c in ids
+            },
+            "confusion": metrics.confusion_matrix(predicted, gold, ids),
+        }
+    report["attribution"] = attribution
+
+    # 3. Rule probes and reference metrics.
+    probes: dict[str, dict[str, float]] = {setup: {} for setup in SETUPS}
+    reference: dict[str, dict[str, dict[str, float]]] = {setup: {} for setup in SETUPS}
+    for setup in SETUPS:
+        for c in ids:
+            mine = [item for item in items if item.character == c and item.probe is not None]
+            if mine:
+                passed = sum(item.probe.passes(item.answers[setup]) for item in mine)
+                probes[setup][c] = passed / len(mine)
+            refs = [item for item in held_out if item.character == c]
+            hyps = [item.answers[setup] for item in refs]
+            golds = [item.reference for item in refs]
+            reference[setup][c] = {
+                "bleu": metrics.bleu(hyps, golds),
+                "rouge_l": metrics.mean_rouge_l(hyps, golds),
+                "similarity": encoder.mean_similarity(hyps, golds),
+                "distinct_1": metrics.distinct_n(hyps, 1),
+                "distinct_2": metrics.distinct_n(hyps, 2),
+            }
+    report["probes"] = probes
+    report["reference"] = reference
+
+    # 4. Likelihood: each character's held-out lines under every adapter (and none).
+    ppl: dict[str, dict[str, float]] = {}
+    for c in ids:
+        records = read_records(root / c / "data" / "eval.jsonl")[: options.likelihood_lines]
+        examples, _ = encode_all(records, by_id[c], engine.tokenizer, max_seq_len=1536)
+        ppl[c] = {a: perplexity_under(engine, a, examples, options.batch_size) for a in ids}
+        ppl[c]["base"] = perplexity_under(engine, None, examples, options.batch_size)
+    hits = metrics.hits_at_1(
+        [[ppl[c][a] for a in ids] for c in ids],
+        [ids.index(c) for c in ids],
+        higher_is_better=False,
+    )
+    report["likelihood"] = {"perplexity": ppl, "own_adapter_hits_at_1": hits}
+
+    # 5. Damage guard: general dialogue (Synthetic-Persona-Chat) with and without each adapter.
+    if spc_path is not None and spc_path.exists():
+        report["damage_guard"] = spc_damage_guard(engine, ids, spc_path, options)
+
+    report["samples"] = [
+        {"character": item.character, "prompt": item.turns[-1].content, **item.answers}
+        for item in items[:: max(1, len(items) // 12)]
+    ]
+    write_report(report, out_dir)
+    return report
+
+
+def spc_damage_guard(
+    engine: InferenceEngine, ids: list[str], spc_path: Path, options: EvalOptions
+) -> dict[str, float]:
+    """Perplexity of User 2's last turn, given its persona as the card, per adapter."""
+    from finetune.sources import read_spc_rows
+
+    records, cards = [], []
+    for row in read_spc_rows(spc_path)[: options.spc_dialogues]:
+        turns = []
+        for line in row.conversation.splitlines():
+            speaker, sep, text = line.partition(":")
+            if sep and speaker.strip() in ("User 1", "User 2") and text.strip():
+                turns.append((speaker.strip(), text.strip()))
+        replies = [i for i, (speaker, _) in enumerate(turns) if speaker == "User 2" and i > 0]
+        if not replies:
+            continue
+        last = replies[-1]
+        context = [
+            Turn("character" if s == "User 2" else "user", s, t) for s, t in turns[:last][-4:]
+        ]
+        persona = " ".join(row.personas.get("User 2", [])) or "A person chatting."
+        card = Character(id="persona", name="User 2", description=persona, greeting="Hi!")
+        records.append({"id": str(row.index), "turns": context, "reply": turns[last][1]})
+        cards.append(card)
+    examples = []
+    for record, card in zip(records, cards, strict=True):
+        encoded, _ = encode_all([record], card, engine.tokenizer, max_seq_len=1536)
+        examples += encoded
+    result = {"base": perplexity_under(engine, None, examples, options.batch_size)}
+    for a in ids:
+        result[a] = perplexity_under(engine, a, examples, options.batch_size)
+    result["dialogues"] = len(examples)
+    return result
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def headline_table(report: dict[str, Any]) -> str:
+    rows = []
+    for setup in report["setups"]:
+        probes = report["probes"][setup]
+        rows.append(
+            [
+                setup,
+                report["attribution"][setup]["accuracy"],
+                sum(probes.values()) / max(len(probes), 1),
+                sum(r["rouge_l"] for r in report["reference"][setup].values())
+                / len(report["characters"]),
+                sum(r["similarity"] for r in report["reference"][setup].values())
+                / len(report["characters"]),
+            ]
+        )
+    table = _table(["set-up", "attribution acc.", "rule probes", "ROUGE-L", "MiniLM sim."], rows)
+    hits = report["likelihood"]["own_adapter_hits_at_1"]
+    return f"{table}\n\nOwn adapter fits its character's held-out lines best (hits@1): {hits:.2f}"
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = report["characters"]
+    charts(report, out_dir)
+    ppl = report["likelihood"]["perplexity"]
+    parts = [
+        "# Persona-fidelity report\n",
+        "Regenerate with `python -m finetune eval` (see the module docstring of "
+        "`finetune/evaluate.py` for the set-ups). Greedy decoding, seeded.\n",
+        "## Headline\n",
+        headline_table(report) + "\n",
+        "![attribution](attribution.png)\n",
+        "## Attribution accuracy per character\n",
+        _table(
+            ["set-up", *ids],
+            [
+                [s, *(report["attribution"][s]["per_character"][c] for c in ids)]
+                for s in report["setups"]
+            ],
+        )
+        + "\n",
+        "![confusion](confusion.png)\n",
+        "## Rule probes (pass rate)\n",
+        _table(
+            ["set-up", *ids],
+            [[s, *(report["probes"][s].get(c, math.nan) for c in ids)] for s in report["setups"]],
+        )
+        + "\n",
+        "## Held-out lines: perplexity under each adapter (rows: whose lines)\n",
+        _table(
+            ["lines of", *ids, "base"],
+            [[c, *(ppl[c][a] for a in ids), ppl[c]["base"]] for c in ids],
+        )
+        + "\n",
+        "## Reference metrics (held-out replies)\n",
+        _table(
+            ["set-up", "character", "BLEU", "ROUGE-L", "MiniLM sim.", "distinct-1", "distinct-2"],
+            [[s, c, *report["reference"][s][c].values()] for s in report["setups"] for c in ids],
+        )
+        + "\n",
+    ]
+    if "damage_guard" in report:
+        guard = report["damage_guard"]
+        parts += [
+            "## Damage guard: Synthetic-Persona-Chat perplexity (persona as the card)\n",
+            _table(
+                ["adapter", "perplexity"], [[k, v] for k, v in guard.items() if k != "dialogues"]
+            )
+            + f"\n\n{guard['dialogues']} dialogues.\n",
+        ]
+    parts.append("## Sample answers\n")
+    for sample in report["samples"]:
+        parts.append(f"**{sample['character']}** ← {sample['prompt']}\n")
+        for setup in report["setups"]:
+            parts.append(f"- {setup}: {sample.get(setup, '')}")
+        parts.append("")
+    _write(out_dir / "report.md", "\n".join(parts) + "\n")
+    _write(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def charts(report: dict[str, Any], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids, setups = report["characters"], report["setups"]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    width = 0.8 / len(setups)
+    for i, setup in enumerate(setups):
+        values = [report["attribution"][setup]["per_character"][c] for c in ids]
+        ax.bar([x + i * width for x in range(len(ids))], values, width, label=setup)
+    ax.set_xticks([x + width * (len(setups) - 1) / 2 for x in range(len(ids))], ids)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("attribution accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "attribution.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8), dpi=100)
+    for ax, setup in zip(axes, ("card_few_shot", "card_adapter"), strict=True):
+        matrix = report["attribution"][setup]["confusion"]
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(ids)), ids, rotation=45)
+        ax.set_yticks(range(len(ids)), ids)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("speaker")
+        ax.set_title(setup)
+        for r, row in enumerate(matrix):
+            for c, value in enumerate(row):
+                ax.text(c, r, str(value), ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(out_dir / "confusion.png")
+    plt.close(fig)

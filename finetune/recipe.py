@@ -1,0 +1,83 @@
+"""A training recipe: every LoRA and optimisation setting, validated, loadable from YAML.
+
+The seed report's settings are one file away (see `finetune/recipes/seed-report.yaml`):
+
+    r: 4
+    alpha: 8
+    dropout: 0.05
+    target_modules: [q_proj, v_proj]
+    epochs: 3
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bot.config import describe_validation_error
+
+
+class RecipeError(Exception):
+    """A recipe that cannot be used; the message names the key, the value and what is allowed."""
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # LoRA
+    r: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    # How long: epochs, or a fixed number of optimizer steps when max_steps is set
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    # Optimisation
+    learning_rate: float = Field(3e-4, gt=0, le=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(5, ge=0)  # capped below the run's total steps
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    # Sequences: the prompt is built within max_seq_len minus the reply's tokens
+    max_seq_len: int = Field(1536, ge=64)
+    # Evaluation, early stopping, checkpoints
+    eval_every: int = Field(20, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    seed: int = 0
+    # All examples of a character start with the same card (system message and few-shot
+    # examples): compute it once per step instead of once per example. The forward pass is
+    # exact; the gradient skips the adapter's effect on the card's keys and values.
+    share_prefix: bool = True
+    # Re-run the shared prefix every N steps (1: every step, exact). Between refreshes its
+    # keys/values lag the adapter by a few small updates; evaluation always re-runs it.
+    prefix_refresh_every: int = Field(4, ge=1)
+
+
+def load_recipe(path: Path | None = None, **overrides: Any) -> Recipe:
+    """The recipe from a YAML file (or the defaults), with command-line overrides on top."""
+    data: dict[str, Any] = {}
+    source = "recipe"
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise RecipeError(f"{path}: a recipe is a mapping of settings, e.g. `r: 8`")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Recipe(**data)
+    except ValidationError as exc:
+        keys = ", ".join(Recipe.model_fields)
+        raise RecipeError(
+            describe_validation_error(exc, source, keys_hint=f"allowed keys: {keys}")
+        ) from None

@@ -1,0 +1,721 @@
+"""The dataset builder (`python -m finetune build`): parsers, cleaning, examples, split, output.
+
+Small fixtures in tests/fixtures/finetune/ cover every format; the real scripts and the
+Synthetic-Persona-Chat file in ../shared/data are used when that folder exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import re
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.characters import load_character
+from bot.config import PROJECT_ROOT
+from finetune import cards, cleaning
+from finetune.build import (
+    BuildError,
+    BuildResult,
+    add_build_arguments,
+    run_build,
+    split_examples,
+)
+from finetune.sources import (
+    NARRATOR,
+    ParseOptions,
+    parse_source,
+    renpy_definitions,
+)
+from tests.helpers import write_character
+
+FIXTURES = Path(__file__).parent / "fixtures" / "finetune"
+SHARED = PROJECT_ROOT.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(
+    not SHARED.is_dir(), reason=f"{SHARED} (real scripts and persona chats) is not on this machine"
+)
+EXAMPLE_KEYS = ["id", "scene", "source", "context", "reply"]
+
+
+def parse_args(*argv: str | Path) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_build_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+@pytest.fixture
+def chars(tmp_path: Path) -> Path:
+    root = tmp_path / "characters"
+    write_character(root, id="goku", name="Goku", aliases=["Kakarot"])
+    return root
+
+
+def build(chars: Path, *sources: str | Path, character: str = "goku", **options) -> BuildResult:
+    argv: list[str | Path] = [*sources, "--character", character, "--characters-dir", chars]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                argv += [flag, item]
+        else:
+            argv += [flag, value]
+    return run_build(parse_args(*argv))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def all_examples(result: BuildResult) -> list[dict]:
+    return read_jsonl(result.train_path) + read_jsonl(result.eval_path)
+
+
+def lines_of(parsed) -> list[tuple[str, str]]:
+    return [(ln.speaker, ln.text) for scene in parsed.scenes for ln in scene.lines]
+
+
+def error_of(func, *args, **kwargs) -> str:
+    with pytest.raises(BuildError) as info:
+        func(*args, **kwargs)
+    return str(info.value)
+
+
+# -- parsers ----------------------------------------------------------------------------------
+
+
+def test_transcript_lines_blocks_and_scene_markers():
+    parsed = parse_source(FIXTURES / "transcript.txt", ParseOptions(), "t.txt")
+    assert [[ln.speaker for ln in s.lines] for s in parsed.scenes] == [
+        ["Goku", "Krillin", "Goku", "Krillin", "Goku"],  # `* * *` ends the first scene
+        ["Bulma", "Goku"],  # two blank lines end the second
+        ["Chi-Chi", "Goku"],
+    ]
+    first = parsed.scenes[0].lines
+    # A play-script block (KRILLIN alone, then speech up to the blank line) is one line.
+    assert first[3].text == "Fine, but no Kamehameha this time. I mean it, Goku."
+    assert (first[3].line, first[4].text) == (6, "No promises!")
+    # A line without a name right after a `NAME: text` line continues it.
+    assert parsed.scenes[1].lines[1].text == "Nope! But I found some food in it. Was that bad?"
+    assert {(d.reason, d.line) for d in parsed.dropped} == {
+        ("stage direction", 10),
+        ("not a speaker line (narration or direction)", 13),
+    }
+
+
+def test_subtitles_srt_names_continuations_and_gaps():
+    parsed = parse_source(FIXTURES / "episode.srt", ParseOptions(scene_gap=10), "e.srt")
+    assert [lines_of_scene(s) for s in parsed.scenes] == [
+        [
+            ("Vegeta", "Kakarot!"),
+            ("Goku", "Hey, Vegeta! What's up?"),  # two text lines of one cue
+            ("Vegeta", "We fight. Now."),
+            ("Vegeta", "Right now, I said!"),  # no name: the previous speaker goes on
+        ],
+        [("Bulma", "You two, stop it!"), ("Goku", "Sorry, Bulma!"), ("Vegeta", "Hmph.")],
+    ]
+    # After the 23 s gap a cue without a name has nobody to continue.
+    assert [(d.reason, d.line) for d in parsed.dropped] == [("subtitle without a speaker name", 20)]
+    # A longer allowed gap keeps it in one scene, so the nameless cue is Vegeta's.
+    parsed = parse_source(FIXTURES / "episode.srt", ParseOptions(scene_gap=60), "e.srt")
+    assert len(parsed.scenes) == 1 and parsed.dropped == []
+    assert parsed.scenes[0].lines[4].speaker == "Vegeta"
+
+
+def lines_of_scene(scene) -> list[tuple[str, str]]:
+    return [(ln.speaker, ln.text) for ln in scene.lines]
+
+
+def test_subtitles_ass_name_field_tags_and_order():
+    parsed = parse_source(FIXTURES / "episode.ass", ParseOptions(), "e.ass")
+    assert [lines_of_scene(s) for s in parsed.scenes] == [
+        [
+            ("Gohan", "Dad, are you hungry again?"),  # sorted by start time
+            ("Goku", "I'm starving! Anybody got food?"),  # {\i1} gone, \N a space
+            ("Chi-Chi", "Lunch is ready, you two."),
+        ],
+        [("Gohan", "Much later, Dad."), ("Goku", "Huh, already?")],
+    ]
+    assert [(d.reason, d.line) for d in parsed.dropped] == [("subtitle without a speaker name", 14)]
+
+
+def test_jsonl_qa_pairs_and_chat_scenes():
+    options = ParseOptions(character_name="Goku")
+    qa = parse_source(FIXTURES / "qa.jsonl", options, "qa.jsonl")
+    assert [lines_of_scene(s) for s in qa.scenes] == [
+        [
+            ("User", "What do you eat for breakfast?"),
+            ("Goku", "Everything! Rice, fish, meat, more rice!"),
+        ],
+        [
+            ("User", "Who is your best friend?"),
+            ("Goku", "Krillin, for sure. We trained together as kids."),
+        ],
+    ]
+    assert [s.lines[0].line for s in qa.scenes] == [1, 3]
+    chat = parse_source(FIXTURES / "chat.jsonl", options, "chat.jsonl")
+    assert [s.id for s in chat.scenes] == ["chat.jsonl:training", "chat.jsonl#2"]
+    assert [ln.speaker for ln in chat.scenes[0].lines] == ["Krillin", "Goku", "Krillin", "Goku"]
+    # role user/assistant map to User and the character; the system message is skipped.
+    assert lines_of_scene(chat.scenes[1]) == [
+        ("User", "Hi Goku!"),
+        ("Goku", "Hey there! You look strong!"),
+    ]
+    assert [d.reason for d in chat.dropped] == ["system message"]
+
+
+def test_persona_chat_csv_rows_speakers_and_line_numbers():
+    options = ParseOptions(character_name="Chef", spc_speaker="User 2")
+    parsed = parse_source(FIXTURES / "persona_chat.csv", options, "pc.csv")
+    assert [s.id for s in parsed.scenes] == ["pc.csv#row0", "pc.csv#row1"]
+    assert lines_of_scene(parsed.scenes[0]) == [
+        ("User 1", "Hi, what do you do?"),
+        ("Chef", "I'm a chef. I cook spicy food all day."),
+        ("User 1", "Spicy! I could never."),
+        ("Chef", "You get used to it. It just takes practice."),  # continuation line joined
+    ]
+    # Line numbers point into the file, inside the multi-line conversation cell.
+    assert [ln.line for ln in parsed.scenes[0].lines] == [4, 5, 6, 8]
+    assert (parsed.dropped[0].reason, parsed.dropped[0].line) == ("stage direction", 7)
+    # `* User 1:` (a stray asterisk) is still User 1; the other side plays the character.
+    other = parse_source(
+        FIXTURES / "persona_chat.csv", ParseOptions(character_name="Fan", spc_speaker="User 1"), "x"
+    )
+    assert [ln.speaker for ln in other.scenes[1].lines] == ["Fan", "User 2", "Fan", "User 2"]
+
+
+def renpy_parse(**options):
+    files = [FIXTURES / "game" / "characters.rpy", FIXTURES / "game" / "script.rpy"]
+    opts = ParseOptions(renpy=renpy_definitions(files), **options)
+    return parse_source(files[1], opts, "script.rpy")
+
+
+def test_renpy_characters_tags_variables_extend_and_quotes():
+    defs = renpy_definitions([FIXTURES / "game" / "characters.rpy"])
+    # _("Kira"), name=, kind= inheritance and DynamicCharacter via a default.
+    assert defs.characters == {"k": "Kira", "r": "Ren", "kw": "Kira", "p": "Alex"}
+    start = renpy_parse().scenes[0]
+    assert lines_of_scene(start) == [
+        (NARRATOR, "The rain had not stopped for three days."),
+        ("Kira", "Welcome to Maple Hill! You must be Alex."),  # {b}, {w}, [town], [player_name]
+        ("Alex", "That's me. Is it always this wet?"),
+        ("Kira", "Only in spring. And summer. And, well, autumn."),  # @ attrs, {p}, extend
+        ("Ren", "Don't scare them, Kira."),
+        ("Ren", 'I mean it. "Be nice," remember?'),  # "Name" "..." and \" escapes
+        ("Kira", "Fine, fine. I'll be nice."),
+        ("Kira", "Want a tour of the town?"),  # the menu's prompt
+    ]
+    bakery = renpy_parse().scenes[-1]
+    assert bakery.id == "script.rpy:bakery"  # a label starts a scene
+    assert lines_of_scene(bakery) == [
+        ("Kira", "This is the bakery. Best bread in the valley."),
+        ("Alex", "It smells amazing."),  # triple-quoted over two lines
+        ("Kira", "Told you! 100% worth it."),  # the screen block is skipped
+    ]
+
+
+def test_renpy_menu_choices_become_branch_scenes():
+    scenes = renpy_parse(player_name="Alex").scenes
+    by_id = {s.id: s for s in scenes}
+    branch = by_id["script.rpy:start/menu1.2"]
+    assert branch.group == "script.rpy:start"  # split together with its label
+    context = [ln for ln in branch.lines if ln.context_only]
+    assert context[-1].text == "Want a tour of the town?" and len(context) == 6
+    assert lines_of_scene(branch)[len(context) :] == [
+        ("Alex", "Maybe later."),  # `"Maybe later." if True:` is a choice too
+        ("Kira", "Suit yourself."),
+    ]
+    after = by_id["script.rpy:start/after-menu1"]
+    assert lines_of_scene(after) == [("Kira", "Either way, the bakery is the best place in town.")]
+
+
+def test_renpy_narration_can_be_dropped():
+    parsed = renpy_parse(narration="drop")
+    assert NARRATOR not in {ln.speaker for s in parsed.scenes for ln in s.lines}
+    assert [(d.reason, d.line) for d in parsed.dropped] == [("narration (dropped by option)", 4)]
+
+
+def test_renpy_unknown_speaker_is_an_error_unless_named(tmp_path, chars):
+    script = tmp_path / "solo.rpy"
+    script.write_text('label start:\n    "Hello."\n    g "Who, me?"\n', encoding="utf-8")
+    message = error_of(parse_source, script, ParseOptions(), "solo.rpy")
+    assert message.startswith("solo.rpy:3: unknown speaker 'g'")
+    assert "--speaker g" in message
+    # --speaker g: the variable is the character's own name for this script.
+    result = build(chars, script, speaker=["g"], eval_fraction=0)
+    assert [e["reply"] for e in all_examples(result)] == ["Who, me?"]
+    assert all_examples(result)[0]["context"] == [
+        {"role": "user", "author": NARRATOR, "text": "Hello."}
+    ]
+
+
+# -- character cards --------------------------------------------------------------------------
+
+
+def png_with_text(chunks: dict[str, str]) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+    for key, value in chunks.items():
+        data += chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+    data += chunk(b"IDAT", zlib.compress(b"\0\0")) + chunk(b"IEND", b"")
+    return data
+
+
+def b64(card: dict) -> str:
+    return base64.b64encode(json.dumps(card).encode("utf-8")).decode("ascii")
+
+
+def test_card_v2_json_becomes_a_loadable_character(tmp_path):
+    _, written = cards.import_card(FIXTURES / "card_v2.json", tmp_path, "seraphina")
+    assert written == tmp_path / "seraphina" / "character.yaml"
+    character = load_character(tmp_path / "seraphina")
+    assert character.name == "Seraphina"
+    assert character.description == (
+        "Seraphina is a forest guardian who heals travellers. User is a lost traveller."
+    )
+    assert character.personality == ["kind", "protective", "calm"]
+    assert character.scenario == "User wakes up in Seraphina's glade."
+    assert character.greeting == "Oh, you're awake, User. Rest a little longer."
+    examples = [[(x.user, x.character) for x in d] for d in character.examples]
+    assert examples == [
+        [
+            (
+                "Where am I?",
+                "You are in my glade, safe from the beasts.\nNo one will hurt you here.",
+            )
+        ],
+        # The opening `{{char}}: *hums softly*` has no user line before it: not an exchange.
+        [
+            ("Who are you?", "I am Seraphina, guardian of this forest."),
+            ("Thank you, Seraphina.", "You are welcome, User."),
+        ],
+    ]
+    # An existing card is kept unless forced.
+    path = tmp_path / "seraphina" / "character.yaml"
+    path.write_text(path.read_text(encoding="utf-8") + "# mine\n", encoding="utf-8")
+    assert cards.import_card(FIXTURES / "card_v2.json", tmp_path, "seraphina")[1] is None
+    assert path.read_text(encoding="utf-8").endswith("# mine\n")
+    cards.import_card(FIXTURES / "card_v2.json", tmp_path, "seraphina", force=True)
+    assert "# mine" not in path.read_text(encoding="utf-8")
+    assert not list((tmp_path / "seraphina").glob("*.tmp"))
+
+
+def test_png_card_prefers_ccv3_and_v1_fields_are_read(tmp_path):
+    v1 = {"char_name": "Old", "char_persona": "An old card.", "char_greeting": "Hi."}
+    v3 = {"spec": "chara_card_v3", "data": {"name": "Nova", "description": "A pilot."}}
+    path = tmp_path / "nova.png"
+    path.write_bytes(png_with_text({"chara": b64(v1), "ccv3": b64(v3)}))
+    assert cards.read_card(path).name == "Nova"
+    path.write_bytes(png_with_text({"chara": b64(v1)}))
+    card = cards.read_card(path)
+    assert (card.name, card.description, card.first_mes) == ("Old", "An old card.", "Hi.")
+    data = cards.card_to_data(card, "old")
+    assert data["greeting"] == "Hi." and "examples" not in data
+    path.write_bytes(png_with_text({"Comment": "nothing here"}))
+    assert "no 'chara' or 'ccv3' text chunk (found: Comment)" in error_of(cards.read_card, path)
+
+
+def test_build_with_card_writes_character_and_trains_on_its_examples(tmp_path):
+    chars = tmp_path / "characters"
+    result = build(chars, FIXTURES / "card_v2.json", character="seraphina", eval_fraction=0)
+    assert result.character_yaml == chars / "seraphina" / "character.yaml"
+    assert load_character(chars / "seraphina").name == "Seraphina"
+    replies = [e["reply"] for e in all_examples(result)]
+    assert replies == [
+        "You are in my glade, safe from the beasts. No one will hurt you here.",  # one message
+        "I am Seraphina, guardian of this forest.",
+        "You are welcome, User.",
+    ]
+    # The second scene's opening line is the character's own: context, role "character".
+    second = all_examples(result)[1]["context"]
+    assert second[0] == {"role": "character", "author": "Seraphina", "text": "*hums softly*"}
+    assert result.out_dir == chars / "seraphina" / "data"
+
+
+# -- examples ---------------------------------------------------------------------------------
+
+
+def test_examples_schema_roles_and_context_window(chars, tmp_path):
+    result = build(chars, FIXTURES / "transcript.txt", eval_fraction=0, context_turns=2)
+    examples = read_jsonl(result.train_path)
+    assert all(list(e) == EXAMPLE_KEYS for e in examples)
+    assert [e["reply"] for e in examples] == [
+        "Aw, come on. Just a quick one!",
+        "No promises!",
+        "Nope! But I found some food in it. Was that bad?",
+        "Coming!!!",  # repeated punctuation capped by cleaning
+    ]
+    assert examples[1]["context"] == [
+        {"role": "character", "author": "Goku", "text": "Aw, come on. Just a quick one!"},
+        {
+            "role": "user",
+            "author": "Krillin",
+            "text": "Fine, but no Kamehameha this time. I mean it, Goku.",
+        },
+    ]
+    assert examples[1]["source"] == f"{FIXTURES / 'transcript.txt'}:11"
+    assert examples[1]["scene"] == f"{FIXTURES / 'transcript.txt'}#1"
+    # Goku's first line opens the scene: no example; ids are stable across runs.
+    again = build(
+        chars, FIXTURES / "transcript.txt", eval_fraction=0, context_turns=2, out=tmp_path / "again"
+    )
+    assert [e["id"] for e in read_jsonl(again.train_path)] == [e["id"] for e in examples]
+    assert len({e["id"] for e in examples}) == len(examples)
+
+
+def test_aliases_and_speaker_option_identify_the_character(chars, tmp_path):
+    source = tmp_path / "alias.txt"
+    source.write_text(
+        "Vegeta: Kakarot!\nKAKAROT: What?\nVegeta: Fight me.\nSon: Later, okay?\n", encoding="utf-8"
+    )
+    result = build(chars, source, eval_fraction=0)
+    assert [e["reply"] for e in all_examples(result)] == ["What?"]  # alias, any case
+    assert result.speakers == {"Vegeta": 2, "Goku": 1, "Son": 1}
+    result = build(chars, source, eval_fraction=0, speaker=["son"])
+    assert [e["reply"] for e in all_examples(result)] == ["What?", "Later, okay?"]
+
+
+def test_consecutive_lines_merge_into_turns_up_to_max_chars(chars, tmp_path):
+    source = tmp_path / "long.txt"
+    source.write_text(
+        "Krillin: Tell me everything.\nGoku: First line.\nGoku: Second line.\nGoku: Third line.\n",
+        encoding="utf-8",
+    )
+    merged = all_examples(build(chars, source, eval_fraction=0))
+    assert [e["reply"] for e in merged] == ["First line.\nSecond line.\nThird line."]
+    split = all_examples(build(chars, source, eval_fraction=0, max_turn_chars=25))
+    assert [e["reply"] for e in split] == ["First line.\nSecond line.", "Third line."]
+    assert split[1]["context"][-1] == {
+        "role": "character",
+        "author": "Goku",
+        "text": "First line.\nSecond line.",
+    }
+
+
+# -- cleaning ---------------------------------------------------------------------------------
+
+
+def test_clean_text_rules():
+    assert cleaning.clean_text("  <i>Hey</i>   ♪ there ♪ ") == "Hey there"
+    assert cleaning.clean_text("Ｈｅｌｌｏ！！！！！ {\\an8}ok......") == "Hello!!! ok..."
+    assert cleaning.clean_text("★ - *") == ""
+    assert cleaning.clean_text("...") == "..."  # silence is an answer
+
+
+def test_drop_patterns_min_length_and_duplicates_are_recorded(chars, tmp_path):
+    source = tmp_path / "dupes.txt"
+    source.write_text(
+        "\n\n\n".join(
+            [
+                "Krillin: Hi.\nGoku: Hey! Wanna train with me today?",
+                "Krillin: Yo.\nGoku: Hey!! Wanna train with me today?",  # exact after normalising
+                "Krillin: Hello.\nGoku: Hey! Wanna train with me today, pal?",  # near
+                "Krillin: Sup.\nGoku: k",  # too short
+                "Krillin: Ad.\nGoku: Subtitles by SomeGroup",  # pattern
+                "Krillin: What now?\nGoku: Let's go eat at Bulma's place instead.",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    result = build(
+        chars, source, eval_fraction=0, drop_pattern=["(?i)subtitles by"], near_dup_threshold=0.8
+    )
+    assert [e["reply"] for e in all_examples(result)] == [
+        "Hey! Wanna train with me today?",
+        "Let's go eat at Bulma's place instead.",
+    ]
+    assert result.dropped == {
+        "matches --drop-pattern": 1,
+        "reply shorter than --min-reply-chars": 1,
+        "duplicate reply": 1,
+        "near-duplicate reply": 1,
+    }
+    card = json.loads(result.card_json_path.read_text(encoding="utf-8"))
+    near = card["dropped"]["near-duplicate reply"]["samples"][0]
+    assert near.startswith(f"{source}:10: Hey! Wanna train with me today, pal?")
+    assert "near-duplicate reply" in result.card_md_path.read_text(encoding="utf-8")
+
+
+def test_near_duplicates_exact_and_fast():
+    replies = [
+        "The quick brown fox jumps over the lazy dog",
+        "The quick brown fox jumps over the lazy dogs",
+    ]
+    replies += [
+        "A completely different sentence about lunch",
+        "the QUICK brown fox... jumps over the lazy dog!",
+    ]
+    flags = cleaning.duplicate_flags(replies, 0.9)
+    assert flags == [
+        (None, None),
+        (cleaning.REASON_NEAR_DUPLICATE, 0),
+        (None, None),
+        (cleaning.REASON_DUPLICATE, 0),
+    ]
+    assert cleaning.duplicate_flags(replies, 1.01)[1] == (None, None)  # near check off
+    # 10,000 sentences over a Zipf-like vocabulary (as in real dialogue, a few words are very
+    # common) plus 500 copies with one word changed: found, and quickly.
+    rng = random.Random(7)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["".join(rng.choices(letters, k=rng.randint(2, 8))) for _ in range(5000)]
+    weights = [1 / rank for rank in range(1, len(words) + 1)]
+    base = [" ".join(rng.choices(words, weights, k=rng.randint(12, 20))) for _ in range(10_000)]
+    edits = [s + " x" for s in base[:500]]
+    started = time.perf_counter()
+    flags = cleaning.duplicate_flags(base + edits, 0.9)
+    assert time.perf_counter() - started < 8
+    assert sum(reason == cleaning.REASON_NEAR_DUPLICATE for reason, _ in flags[10_000:]) >= 450
+    assert [first for _, first in flags[10_000:10_010]] == list(range(10))
+    assert sum(reason is not None for reason, _ in flags[:10_000]) < 20
+
+
+# -- split ------------------------------------------------------------------------------------
+
+
+def many_scenes(tmp_path: Path, count: int = 40) -> Path:
+    source = tmp_path / "many.txt"
+    source.write_text(
+        "\n---\n".join(
+            f"Krillin: Question number {i}?\nGoku: Answer number {i}, obviously!\n"
+            f"Krillin: Really {i}?\nGoku: Yes, really {i} times over."
+            for i in range(count)
+        ),
+        encoding="utf-8",
+    )
+    return source
+
+
+def test_split_by_scene_is_deterministic_and_leaks_nothing(chars, tmp_path):
+    source = many_scenes(tmp_path)
+    first = build(chars, source, eval_fraction=0.25, seed=3)
+    train, eval_ = read_jsonl(first.train_path), read_jsonl(first.eval_path)
+    assert len(train) + len(eval_) == 80 and 0 < len(eval_) < 80
+    assert {e["scene"] for e in train}.isdisjoint({e["scene"] for e in eval_})
+    train_texts = {e["reply"] for e in train} | {c["text"] for e in train for c in e["context"]}
+    assert not any(e["reply"] in train_texts for e in eval_)
+    again = build(chars, source, eval_fraction=0.25, seed=3, out=tmp_path / "again")
+    assert read_jsonl(again.eval_path) == eval_
+    other = build(chars, source, eval_fraction=0.25, seed=4, out=tmp_path / "other")
+    assert {e["scene"] for e in read_jsonl(other.eval_path)} != {e["scene"] for e in eval_}
+
+
+def test_eval_is_never_empty_with_two_scenes(chars, tmp_path):
+    source = many_scenes(tmp_path, count=2)
+    for seed in range(5):
+        result = build(chars, source, eval_fraction=0.01, seed=seed, out=tmp_path / str(seed))
+        assert (result.train_examples, result.eval_examples) == (2, 2)
+    assert build(chars, source, eval_fraction=0, out=tmp_path / "none").eval_examples == 0
+
+
+def test_renpy_menu_branches_split_with_their_label():
+    from finetune.build import make_examples
+
+    scenes = renpy_parse().scenes
+    examples = make_examples(
+        scenes, lambda s: s == "Kira", "Kira", context_turns=6, max_turn_chars=600
+    )
+    for seed in range(20):
+        train, eval_ = split_examples(examples, 0.5, seed)
+        train_groups = {e.group for e in train}
+        assert train_groups.isdisjoint({e.group for e in eval_})
+    # Context-only copies before a choice are never replies themselves.
+    prompts = [e.reply for e in examples if "Want a tour of the town?" in e.reply]
+    assert prompts == ["Fine, fine. I'll be nice.\nWant a tour of the town?"]
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def test_dataset_card_figures(chars):
+    result = build(chars, FIXTURES / "transcript.txt", FIXTURES / "episode.srt", eval_fraction=0)
+    card = json.loads(result.card_json_path.read_text(encoding="utf-8"))
+    assert [(s["path"], s["lines"]) for s in card["sources"]] == [
+        (str(FIXTURES / "transcript.txt"), 9),
+        (str(FIXTURES / "episode.srt"), 7),
+    ]
+    assert card["speakers"]["Goku"] == card["character_lines"] == 7
+    assert card["examples"]["train"] == result.train_examples == 6
+    assert card["dropped"]["stage direction"]["count"] == 1
+    markdown = result.card_md_path.read_text(encoding="utf-8")
+    assert "| Goku | 7 |" in markdown and "**subtitle without a speaker name**: 1" in markdown
+    assert "Coming" not in result.summary() and "6 train and 0 eval" in result.summary()
+
+
+def test_a_failed_write_leaves_the_previous_files(chars, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    build(chars, FIXTURES / "transcript.txt", out=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"train.jsonl", "eval.jsonl", "dataset_card.md", "dataset_card.json"}
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        build(chars, FIXTURES / "chat.jsonl", out=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # and no temp files left
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("notes.docx", b"Goku: hi\n", "notes.docx:1: unsupported file type '.docx'; .txt, .rpy"),
+        ("empty.txt", b"\n  \n", "empty.txt:1: empty file"),
+        ("latin.txt", b"Goku: hi\nKrillin: caf\xe9\n", "latin.txt:2: not UTF-8 (byte 0xe9"),
+        (
+            "bad.jsonl",
+            b'{"user": "a", "character": "b"}\n{"user": \n',
+            "bad.jsonl:2: malformed JSON",
+        ),
+        ("odd.jsonl", b'{"text": "a"}\n', "odd.jsonl:1: unknown record (keys: text)"),
+        (
+            "nomsg.jsonl",
+            b'{"messages": [{"name": "Goku"}]}\n',
+            "nomsg.jsonl:1: messages[0] needs a string 'content'",
+        ),
+        ("cols.csv", b"a,b\n1,2\n", "cols.csv:1: missing column 'user 1 personas'"),
+        (
+            "rows.csv",
+            b'user 1 personas,user 2 personas,Best Generated Conversation\n"a","b","User 1: hi"\n'
+            b'"a","b"\n',
+            "rows.csv:3: row has 2 fields, the header 3",
+        ),
+        (
+            "quote.csv",
+            b'user 1 personas,user 2 personas,Best Generated Conversation\n"a","b"x,"c"\n',
+            "quote.csv:2: malformed CSV",
+        ),
+        ("cues.srt", b"1\nGoku: no times here\n", "cues.srt:1: not a subtitle cue"),
+        ("card.json", b'{"spec": "chara_card_v2",\n "data": }', "card.json:2: malformed JSON"),
+    ],
+)
+def test_bad_input_names_file_and_line(chars, tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    message = error_of(build, chars, path)
+    assert message.startswith(f"{path.parent}/{expected}")
+    assert "; " in message  # what is wrong; what is allowed
+
+
+def test_utf8_bom_is_accepted(chars, tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("Krillin: Hi!\r\nGoku: Hey there!\r\n".encode("utf-8-sig"))
+    assert [e["reply"] for e in all_examples(build(chars, path))] == ["Hey there!"]
+
+
+def test_unknown_character_and_missing_character_lines(chars, tmp_path):
+    assert error_of(build, chars, FIXTURES / "transcript.txt", character="gokuu") == (
+        "No character called 'gokuu'; did you mean goku?"
+    )
+    write_character(chars, id="piccolo", name="Piccolo", aliases=[])
+    message = error_of(build, chars, FIXTURES / "episode.srt", character="piccolo")
+    assert "no line is spoken by Piccolo" in message
+    assert "speakers found: Vegeta (4), Goku (2), Bulma (1)" in message
+
+
+def test_bad_options_are_refused(chars):
+    transcript = FIXTURES / "transcript.txt"
+    assert "not a valid regular expression" in error_of(
+        build, chars, transcript, drop_pattern=["(unclosed"]
+    )
+    assert "--eval-fraction 1.0" in error_of(build, chars, transcript, eval_fraction=1)
+    assert "not found" in error_of(build, chars, FIXTURES / "missing.txt")
+    assert "rows 0 to 1" in error_of(
+        build, chars, FIXTURES / "persona_chat.csv", character="chef", spc_row=5
+    )
+
+
+def test_spc_row_writes_the_persona_card(tmp_path):
+    chars = tmp_path / "characters"
+    result = build(
+        chars, FIXTURES / "persona_chat.csv", character="chef", spc_row=0, eval_fraction=0
+    )
+    character = load_character(chars / "chef")
+    assert character.name == "Chef"
+    assert character.personality == ["I am a chef.", "I love spicy food."]
+    assert [e["reply"] for e in all_examples(result)] == [
+        "I'm a chef. I cook spicy food all day.",
+        "You get used to it. It just takes practice.",
+    ]
+    data = yaml.safe_load((chars / "chef" / "character.yaml").read_text(encoding="utf-8"))
+    assert data["id"] == "chef"
+
+
+# -- the real files in ../shared/data -----------------------------------------------------------
+
+
+@needs_shared
+def test_real_the_question_sylvie(tmp_path):
+    chars = tmp_path / "characters"
+    write_character(chars, id="sylvie", name="Sylvie", aliases=[])
+    script = SHARED / "renpy" / "the_question" / "game" / "script.rpy"
+    result = build(chars, script, character="sylvie", renpy_player="Me")
+    examples = all_examples(result)
+    assert result.character_lines == 18 and len(examples) >= 12
+    authors = {c["author"] for e in examples for c in e["context"]}
+    assert authors == {"Sylvie", "Me", NARRATOR}
+    replies = {e["reply"] for e in examples}
+    assert 'Sure, but what\'s a "visual novel?"' in replies  # escaped quotes in a menu prompt
+    marry = next(e for e in examples if e["reply"] == "Will you marry me?")
+    assert marry["context"][-1] == {"role": "user", "author": "Me", "text": "Yes?"}
+    assert marry["scene"].endswith("script.rpy:marry")
+    for text in [*replies, *(c["text"] for e in examples for c in e["context"])]:
+        assert not any(ch in text for ch in "{}[]\\")
+    assert result.speakers[NARRATOR] > 20
+
+
+@needs_shared
+def test_real_ren_py_tutorial_eileen(tmp_path):
+    chars = tmp_path / "characters"
+    write_character(chars, id="eileen", name="Eileen", aliases=[])
+    result = build(chars, SHARED / "renpy" / "tutorial" / "game", character="eileen")
+    examples = all_examples(result)
+    assert len(result.sources) == 16 and result.character_lines > 700
+    assert len(examples) > 100 and result.eval_examples > 0
+    assert {"Lucy", "Player", NARRATOR} <= set(result.speakers)
+    texts = [e["reply"] for e in examples] + [c["text"] for e in examples for c in e["context"]]
+    tag = re.compile(r"\{/?[a-z]+(=[^}]*)?\}")
+    assert not any(tag.search(t) for t in texts)  # text tags removed
+    # `{{` and `[[` are literal brackets in Ren'Py, kept as such.
+    assert any("certain characters are special. [, {, and" in t for t in texts)
+    assert not any("[name]" in t or "%%" in t for t in texts)
+    # `[name]` is replaced by its default value; the Player side comes from menu choices.
+    flat = "\n".join(texts)
+    assert "Isn't that right, Player?" in flat
+    assert any(c["author"] == "Player" for e in examples for c in e["context"])
+
+
+@needs_shared
+def test_real_synthetic_persona_chat(tmp_path):
+    chars = tmp_path / "characters"
+    write_character(chars, id="persona", name="Persona", aliases=[])
+    csv_path = SHARED / "synthetic-persona-chat" / "valid.csv"
+    started = time.perf_counter()
+    result = build(chars, csv_path, character="persona")
+    assert time.perf_counter() - started < 20
+    assert result.scenes == 1000
+    assert set(result.speakers) == {"User 1", "Persona"}  # User 2 plays the character
+    assert result.speakers["Persona"] > 13_000 and result.dropped["duplicate reply"] > 1000
+    first = read_jsonl(result.train_path)[0]
+    assert first["context"][0] == {"role": "user", "author": "User 1", "text": "Hi!"}
+    assert first["reply"] == "Hello!" and first["source"] == f"{csv_path}:9"
