@@ -394,7 +394,11 @@ def train(
     )
     staging = out_dir.with_name(out_dir.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
+    # Name the base as configured ("embedded"), not this machine's cache path.
+    for adapter_config in model.peft_config.values():
+        adapter_config.base_model_name_or_path = config.model.base
     model.save_pretrained(str(staging))
+    (staging / "README.md").unlink(missing_ok=True)  # peft's template; TRAINING.md is the card
     write_training_card(staging, character, recipe, config, result, fingerprint, best["step"])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     replace_dir(staging, out_dir)
