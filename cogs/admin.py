@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.characters import UnknownCharacter
+from bot.discord_app.autocomplete import character_choices
 from bot.discord_app.client import CharacterBot
 from bot.engine import AdapterError
 
@@ -21,10 +22,7 @@ class Admin(commands.Cog):
     async def all_characters(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return [
-            app_commands.Choice(name=c.name, value=c.id)
-            for c in self.bot.services.registry.search(current, limit=25)
-        ]
+        return character_choices(self.bot.services.registry, current)
 
     # default_permissions hides the command from non-admins, but servers can override it,
     # so has_permissions checks again when it runs.

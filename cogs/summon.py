@@ -7,6 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.characters import UnknownCharacter
+from bot.discord_app.autocomplete import character_choices
 from bot.discord_app.client import CharacterBot
 
 
@@ -21,21 +22,13 @@ class Summon(commands.Cog):
     async def all_characters(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return [
-            app_commands.Choice(name=c.name, value=c.id)
-            for c in self.services.registry.search(current, limit=25)
-        ]
+        return character_choices(self.services.registry, current)
 
     async def present_characters(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         present = await self.services.presence.present(interaction.channel_id)
-        matches = {c.id for c in self.services.registry.search(current, limit=25)}
-        return [
-            app_commands.Choice(name=self.services.registry.get(c).name, value=c)
-            for c in present
-            if c in matches
-        ][:25]
+        return character_choices(self.services.registry, current, among=set(present))
 
     @app_commands.command(name="summon", description="Bring a character into this channel")
     @app_commands.describe(character="Who to summon (start typing a name)")

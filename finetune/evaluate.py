@@ -64,7 +64,8 @@ class EvalOptions:
 
     @classmethod
     def quick(cls) -> EvalOptions:
-        return cls(prompts=4, probes=3, likelihood_lines=6, spc_dialogues=4, max_new_tokens=32)
+        # Prefill of ~1000-token prompts dominates on a CPU: keep the generations few.
+        return cls(prompts=2, probes=2, likelihood_lines=4, spc_dialogues=4, max_new_tokens=32)
 
 
 @dataclass

@@ -150,6 +150,12 @@ async def test_autocomplete_over_the_registry(bot, fake):
     choices = await fake.autocomplete("summon", "character", "ve")
     assert choices == [{"name": "Vegeta", "value": "vegeta"}]
     assert len(await fake.autocomplete("summon", "character", "")) == 2
+    # /dismiss offers only the characters present here.
+    assert await fake.autocomplete("dismiss", "character", "") == []
+    await summon(fake, "vegeta")
+    assert await fake.autocomplete("dismiss", "character", "") == [
+        {"name": "Vegeta", "value": "vegeta"}
+    ]
 
 
 async def test_dismiss_absent_then_present_and_characters_list(bot, fake):

@@ -1,0 +1,65 @@
+"""The persona report end to end on two small characters with random adapters."""
+
+from __future__ import annotations
+
+import json
+
+from bot.characters import CharacterRegistry
+from finetune.adapters import save_random_adapter
+from finetune.evaluate import EvalOptions, run_eval, variant
+from tests.helpers import make_character, write_character
+
+
+def write_split(folder, lines: list[tuple[str, str]]) -> None:
+    data = folder / "data"
+    (data / "sources").mkdir(parents=True)
+    for name, part in (("train", lines[1:]), ("eval", lines[:1])):
+        records = [
+            {
+                "id": f"{name}{i}",
+                "context": [{"role": "user", "author": "Sam", "text": q}],
+                "reply": a,
+            }
+            for i, (q, a) in enumerate(part)
+        ]
+        (data / f"{name}.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+    probe = "- question: What is the launch code?\n  rule: secret\n  must_not_match: '\\d{4}'\n"
+    (data / "sources" / "probes.yaml").write_text(probe)
+
+
+def test_variants_strip_the_card_step_by_step():
+    card = make_character()
+    assert variant(card, "base").rules == [] and variant(card, "base").examples == []
+    assert variant(card, "card_zero_shot").rules == card.rules
+    assert variant(card, "card_zero_shot").examples == []
+    assert variant(card, "card_adapter") == card
+
+
+def test_report_is_written_with_every_section(tmp_path, config, engine):
+    root = tmp_path / "characters"
+    pilots = [("Ready to fly?", "Always ready!"), ("Fuel?", "Full tank!"), ("Sky?", "Clear!")]
+    chefs = [("Hungry?", "Soup is ready."), ("Salt?", "A pinch."), ("Knife?", "Sharp.")]
+    for ident, name, lines in (("tess", "Tess", pilots), ("remy", "Remy", chefs)):
+        folder = write_character(root, id=ident, name=name, aliases=[])
+        save_random_adapter(engine.model, folder / "adapter", seed=len(name))
+        write_split(folder, lines)
+    test_config = config.model_copy(update={"characters_dir": root})
+    characters = list(CharacterRegistry.load(root))
+    options = EvalOptions(
+        prompts=1, probes=1, likelihood_lines=1, spc_dialogues=0, max_new_tokens=6, batch_size=8
+    )
+    report = run_eval(characters, config=test_config, out_dir=tmp_path / "report", options=options)
+
+    ids = ["remy", "tess"]
+    assert report["characters"] == ids
+    for setup in report["setups"]:
+        assert 0 <= report["attribution"][setup]["accuracy"] <= 1
+        assert sum(map(sum, report["attribution"][setup]["confusion"])) == 2
+        assert set(report["probes"][setup]) == set(ids)
+    assert set(report["likelihood"]["perplexity"]["tess"]) == {"remy", "tess", "base"}
+    assert report["likelihood"]["own_adapter_hits_at_1"] in (0.0, 0.5, 1.0)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Headline" in markdown and "| card_adapter |" in markdown
+    for chart in ("attribution.png", "confusion.png"):
+        assert (tmp_path / "report" / chart).stat().st_size > 1000
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["characters"] == ids
