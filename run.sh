@@ -3,6 +3,7 @@
 #   ./run.sh                 install, then the Discord bot (DISCORD_TOKEN set) or the console chat
 #   ./run.sh console [goku]  install, then the console chat
 #   ./run.sh test            install, then lint and the whole test suite
+#   ./run.sh install         install only (the Dockerfile uses it)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,6 +31,9 @@ if [ ! -f "$stamp" ]; then
 fi
 
 case "${1:-}" in
+  install)
+    exit 0
+    ;;
   test)
     shift
     "$VENV/bin/ruff" check .
