@@ -205,7 +205,8 @@ def test_train_writes_a_better_adapter_that_the_engine_serves(tmp_path, config, 
     assert with_adapter.text.strip() and with_adapter.text != base.text
 
     # Training again keeps the first adapter as adapter.previous.
-    train(goku, work_dir=tmp_path / "work", **run)
+    again = {**run, "recipe": load_recipe(None, max_steps=1, batch_size=6)}
+    train(goku, work_dir=tmp_path / "work", **again)
     assert (out.parent / "adapter.previous" / "adapter_model.safetensors").exists()
 
 
