@@ -51,8 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     config = load_config()
-    character = CharacterRegistry.load(config.characters_dir).get(args.character)
-    train_file = config.characters_dir / character.id / "data" / "train.jsonl"
+    character = CharacterRegistry.load(config.characters_path).get(args.character)
+    train_file = config.characters_path / character.id / "data" / "train.jsonl"
     if not train_file.exists():
         raise SystemExit(f"{train_file} is missing: run `python -m finetune build` first")
     batch = load_recipe(None).batch_size

@@ -13,6 +13,7 @@ from typing import Any
 from bot.characters import Character, CharacterRegistry
 from bot.config import Config
 from bot.engine import Batcher, GenerationRequest, GenerationResult, SamplingSettings
+from bot.example_retrieval import ExampleRetriever
 from bot.history import HistoryStore, Turn
 from bot.postprocess import clean_reply
 from bot.prompt import Prompt, build_prompt
@@ -35,27 +36,34 @@ class ChatService:
         history: HistoryStore,
         batcher: Batcher,
         tokenizer: Any,
+        retriever: ExampleRetriever | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.history = history
         self.batcher = batcher
         self.tokenizer = tokenizer
+        self.retriever = retriever  # set: few-shot examples are picked per message
         self.settings = SamplingSettings.from_config(config.generation)
 
-    async def prompt_for(
-        self, channel_id: str | int, character: Character, message: Turn
-    ) -> tuple[Prompt, list[Turn]]:
-        """The prompt the model would see for `message` now, and the history it came from."""
-        history = await self.history.recent(channel_id)
-        prompt = await asyncio.to_thread(
-            build_prompt,
+    def _build(self, character: Character, history: list[Turn], message: Turn) -> Prompt:
+        if self.retriever is not None:
+            k = self.config.prompt.retrieved_examples
+            character = self.retriever.with_examples(character, message.content, k)
+        return build_prompt(
             character,
             history,
             message,
             tokenizer=self.tokenizer,
             budget=self.config.prompt.token_budget,
         )
+
+    async def prompt_for(
+        self, channel_id: str | int, character: Character, message: Turn
+    ) -> tuple[Prompt, list[Turn]]:
+        """The prompt the model would see for `message` now, and the history it came from."""
+        history = await self.history.recent(channel_id)
+        prompt = await asyncio.to_thread(self._build, character, history, message)
         return prompt, history
 
     async def reply(

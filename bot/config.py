@@ -58,6 +58,10 @@ class BatchingConfig(_Section):
 
 class PromptConfig(_Section):
     token_budget: int = Field(1536, ge=128, le=131072)
+    # fixed: the card's example dialogues; retrieved: the character's own training lines most
+    # similar to the message (MiniLM embeddings), after the ChatHaruhi idea.
+    examples: Literal["fixed", "retrieved"] = "fixed"
+    retrieved_examples: int = Field(4, ge=1, le=32)
 
 
 class HistoryConfig(_Section):

@@ -87,12 +87,19 @@ async def open_services(
     except BaseException:
         await redis.close()
         raise
+    retriever = None
+    if config.prompt.examples == "retrieved":
+        from bot.embeddings import load_encoder
+        from bot.example_retrieval import ExampleRetriever
+
+        retriever = ExampleRetriever(load_encoder(), config.characters_path)
     chat = ChatService(
         config=config,
         registry=registry,
         history=history,
         batcher=batcher,
         tokenizer=engine.tokenizer,
+        retriever=retriever,
     )
     presence = PresenceStore(redis.client, key_prefix=key_prefix)
     return Services(config, registry, redis, history, engine, batcher, chat, presence)

@@ -184,7 +184,7 @@ def show_masks(character_id: str, train_path: Path, count: int) -> None:
     from finetune.examples import show_masks as render_masks
 
     config = load_config()
-    character = CharacterRegistry.load(config.characters_dir).get(character_id)
+    character = CharacterRegistry.load(config.characters_path).get(character_id)
     tokenizer = load_tokenizer(config)
     records = read_records(train_path)[:count]
     examples, _ = encode_all(records, character, tokenizer, max_seq_len=Recipe().max_seq_len)
@@ -200,15 +200,15 @@ def command_train(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in Recipe.model_fields}
     recipe = load_recipe(args.recipe, **overrides)
     config = load_config()
-    character = CharacterRegistry.load(config.characters_dir).get(args.character)
-    folder = config.characters_dir / character.id
+    character = CharacterRegistry.load(config.characters_path).get(args.character)
+    folder = config.characters_path / character.id
     result = train(
         character,
         data_dir=args.data or folder / "data",
         out_dir=args.out or folder / "adapter",
         recipe=recipe,
         config=config,
-        work_dir=config.data_dir / "training",
+        work_dir=config.data_path / "training",
         resume=not args.no_resume,
         progress=not args.quiet,
     )
@@ -235,8 +235,8 @@ def command_compare(args: argparse.Namespace) -> int:
     from finetune.compare import compare
 
     config = load_config()
-    character = CharacterRegistry.load(config.characters_dir).get(args.character)
-    adapter = args.adapter or config.characters_dir / character.id / "adapter"
+    character = CharacterRegistry.load(config.characters_path).get(args.character)
+    adapter = args.adapter or config.characters_path / character.id / "adapter"
     for row in compare(character, args.messages, adapter=adapter, config=config):
         print(f"> {row.prompt}")
         print(f"  card only:      {row.card_only}")
@@ -251,7 +251,7 @@ def command_eval(args: argparse.Namespace) -> int:
     from finetune.evaluate import EvalOptions, headline_table, run_eval
 
     config = load_config()
-    registry = CharacterRegistry.load(config.characters_dir)
+    registry = CharacterRegistry.load(config.characters_path)
     if args.characters:
         characters = [registry.get(name) for name in args.characters]
     else:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from finetune.embeddings import SentenceEncoder
+    from bot.embeddings import SentenceEncoder
 
 
 class AttributionClassifier:

@@ -30,13 +30,13 @@ from tqdm import tqdm
 
 from bot.characters import Character
 from bot.config import Config
+from bot.embeddings import load_encoder
 from bot.engine import GenerationRequest, InferenceEngine, SamplingSettings
 from bot.history import Turn
 from bot.postprocess import clean_reply
 from bot.prompt import build_prompt
 from finetune import metrics
 from finetune.attribution import train_attribution
-from finetune.embeddings import load_encoder
 from finetune.examples import encode_all, read_records
 from finetune.probes import Probe, character_probes
 from finetune.recipe import Recipe
@@ -180,7 +180,7 @@ def run_eval(
     """Evaluate, write report.json / report.md / charts into `out_dir`, return the figures."""
     ids = [c.id for c in characters]
     by_id = {c.id: c for c in characters}
-    root = config.characters_dir
+    root = config.characters_path
     missing = [c.id for c in characters if not c.has_adapter]
     if missing:
         raise EvalError(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bot.embeddings import SentenceEncoder, cosine, load_encoder, similarity_matrix
 from finetune.attribution import AttributionClassifier, train_attribution
-from finetune.embeddings import SentenceEncoder, cosine, load_encoder, similarity_matrix
 from finetune.metrics import (
     accuracy,
     bleu,
