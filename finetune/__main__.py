@@ -157,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=PROJECT_ROOT / "docs" / "report", help="report folder"
     )
     evaluate.add_argument("--quick", action="store_true", help="few prompts: a smoke run")
-    evaluate.add_argument("--prompts", type=int, help="held-out prompts per character [20]")
+    evaluate.add_argument("--prompts", type=int, help="held-out prompts per character [8]")
     evaluate.add_argument(
         "--spc",
         type=Path,
