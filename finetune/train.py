@@ -178,7 +178,8 @@ def evaluate(model: Any, examples: list[EncodedExample], recipe: Recipe, device:
 def data_hash(*paths: Path, recipe: Recipe, base: str) -> str:
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(path.read_bytes())
+        if path.exists():  # eval.jsonl is optional
+            digest.update(path.read_bytes())
     digest.update(recipe.model_dump_json().encode())
     digest.update(base.encode())
     return digest.hexdigest()[:16]

@@ -262,3 +262,15 @@ def test_make_batches_share_one_prefix_per_batch(goku, tokenizer):
     assert sorted(len(b) for b in batches) == [3, 3]
     assert all(len({e.prefix for e in b}) == 1 for b in batches)
     assert make_batches(examples, 4, seed=1) == batches  # deterministic
+
+
+def test_fingerprint_allows_no_eval_file_and_changes_with_the_recipe(tmp_path):
+    from finetune.recipe import Recipe
+    from finetune.train import data_hash
+
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text(json.dumps(record("a?", "b")) + "\n")
+    missing_eval = tmp_path / "eval.jsonl"
+    first = data_hash(train_file, missing_eval, recipe=Recipe(), base="embedded")
+    assert first == data_hash(train_file, missing_eval, recipe=Recipe(), base="embedded")
+    assert first != data_hash(train_file, missing_eval, recipe=Recipe(r=4), base="embedded")
