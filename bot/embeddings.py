@@ -118,10 +118,3 @@ def similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def load_encoder(model_path: Path | None = None, device: str = "cpu") -> SentenceEncoder:
     """One shared encoder per (model_path, device): loading costs about a second."""
     return SentenceEncoder(model_path, device=device)
-
-
-def mean_similarity(
-    hypotheses: list[str], references: list[str], encoder: SentenceEncoder | None = None
-) -> float:
-    """Mean cosine of paired texts with `encoder` (default: the shared `load_encoder()`)."""
-    return (encoder or load_encoder()).mean_similarity(hypotheses, references)

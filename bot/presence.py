@@ -60,9 +60,6 @@ class PresenceStore:
                 pipe.set(self._key("message", message_id), character_id, ex=MESSAGE_TTL_SECONDS)
             await pipe.execute()
 
-    async def last_speaker(self, channel_id: str | int) -> str | None:
-        return await self.redis.get(self._key("last", channel_id))
-
     async def channel_state(
         self, channel_id: str | int, reply_to_message_id: int | None = None
     ) -> ChannelState:
@@ -75,7 +72,3 @@ class PresenceStore:
                 pipe.get(self._key("message", reply_to_message_id))
             present, last, *replied = await pipe.execute()
         return ChannelState(list(present), last, replied[0] if replied else None)
-
-    async def author_of(self, message_id: int) -> str | None:
-        """The character that wrote a message the bot posted, if it is remembered."""
-        return await self.redis.get(self._key("message", message_id))

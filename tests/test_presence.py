@@ -23,11 +23,12 @@ async def test_summon_dismiss_and_order(presence):
 async def test_last_speaker_and_message_authors(presence):
     await presence.summon(1, "goku")
     await presence.spoke(1, "goku", [111, 112])
-    assert await presence.last_speaker(1) == "goku"
-    assert await presence.author_of(111) == "goku"
-    assert await presence.author_of(999) is None
+    assert (await presence.channel_state(1)).last_speaker == "goku"
+    assert (await presence.channel_state(1, reply_to_message_id=111)).replied_to == "goku"
+    assert (await presence.channel_state(1, reply_to_message_id=999)).replied_to is None
     await presence.dismiss(1, "goku")
-    assert await presence.last_speaker(1) is None  # a dismissed character is not "last"
+    # a dismissed character is not "last"
+    assert (await presence.channel_state(1)).last_speaker is None
 
 
 async def test_channel_state_in_one_read(presence):
