@@ -102,6 +102,26 @@ def encode_prefix(model: Any, prefix: tuple[int, ...], *, device: str, step: int
     return PrefixState(layers, out.last_hidden_state[:, -1:, :], step)
 
 
+class PrefixCache:
+    """Shared prefixes run through the model once, and again when `refresh_every` steps old."""
+
+    def __init__(self, model: Any, *, device: str, refresh_every: float = math.inf) -> None:
+        self.model = model
+        self.device = device
+        self.refresh_every = refresh_every
+        self._states: dict[tuple[int, ...], PrefixState] = {}
+
+    def get(self, batch: list[EncodedExample], step: int = 0) -> PrefixState | None:
+        key = batch[0].prefix
+        if not key:
+            return None
+        state = self._states.get(key)
+        if state is None or step - state.step >= self.refresh_every:
+            state = encode_prefix(self.model, key, device=self.device, step=step)
+            self._states[key] = state
+        return state
+
+
 def batch_loss(
     model: Any,
     batch: list[EncodedExample],
@@ -157,15 +177,14 @@ def evaluate(model: Any, examples: list[EncodedExample], recipe: Recipe, device:
     training = model.training
     model.eval()
     total, count = 0.0, 0
-    states: dict[tuple[int, ...], PrefixState] = {}  # exact: computed with today's weights
+    prefixes = PrefixCache(model, device=device)  # exact: computed with today's weights
     for batch in make_batches(examples, recipe.batch_size, seed=0):
-        state = None
-        if recipe.share_prefix and batch[0].prefix:
-            key = batch[0].prefix
-            state = states.get(key) or encode_prefix(model, key, device=device, step=0)
-            states[key] = state
         loss, n = batch_loss(
-            model, batch, share_prefix=recipe.share_prefix, device=device, prefix_state=state
+            model,
+            batch,
+            share_prefix=recipe.share_prefix,
+            device=device,
+            prefix_state=prefixes.get(batch) if recipe.share_prefix else None,
         )
         total, count = total + float(loss), count + n
     model.train(training)
@@ -302,16 +321,7 @@ def train(
             epoch += 1
 
     batches = micro_batches(step)
-    prefixes: dict[tuple[int, ...], PrefixState] = {}
-
-    def prefix_for(batch: list[EncodedExample]) -> PrefixState | None:
-        key = batch[0].prefix
-        if not (recipe.share_prefix and key):
-            return None
-        state = prefixes.get(key)
-        if state is None or step - state.step >= recipe.prefix_refresh_every:
-            state = prefixes[key] = encode_prefix(model, key, device=device, step=step)
-        return state
+    prefixes = PrefixCache(model, device=device, refresh_every=recipe.prefix_refresh_every)
 
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"train {character.id}")
     tokens, tick, train_loss = 0, time.perf_counter(), math.nan
@@ -325,7 +335,7 @@ def train(
                 batch,
                 share_prefix=recipe.share_prefix,
                 device=device,
-                prefix_state=prefix_for(batch),
+                prefix_state=prefixes.get(batch, step) if recipe.share_prefix else None,
             )
             (loss / max(n, 1) / recipe.grad_accum).backward()
             loss_sum, count = loss_sum + loss.item(), count + n
