@@ -6,7 +6,7 @@ Knows nothing of Discord: the console, the Discord cogs and the tests all call t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,27 @@ class Reply:
     text: str
     prompt: Prompt
     result: GenerationResult
+
+
+def clean_character_reply(
+    character: Character,
+    text: str,
+    *,
+    cast: Iterable[Character],
+    authors: Iterable[str],
+    hit_token_limit: bool = False,
+    fallback: str = "",
+) -> str:
+    """`clean_reply` for `character`: the other characters of `cast` and the `authors` are the
+    speakers whose turns the model must not write."""
+    others = {c.name for c in cast if c.id != character.id} | set(authors)
+    return clean_reply(
+        text,
+        speaker_names=character.names,
+        other_speakers=sorted(others - set(character.names)),
+        hit_token_limit=hit_token_limit,
+        fallback=fallback,
+    )
 
 
 class ChatService:
@@ -110,11 +131,11 @@ class ChatService:
         fallback: str = "",
     ) -> str:
         """Post-process model output; `authors` are the people whose turns it must not write."""
-        others = {c.name for c in self.registry if c.id != character.id} | set(authors)
-        return clean_reply(
+        return clean_character_reply(
+            character,
             text,
-            speaker_names=character.names,
-            other_speakers=sorted(others - set(character.names)),
+            cast=self.registry,
+            authors=authors,
             hit_token_limit=hit_token_limit,
             fallback=fallback,
         )

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.characters import Character
+from bot.chat import clean_character_reply
 from bot.config import Config
 from bot.engine import GenerationRequest, InferenceEngine, SamplingSettings
 from bot.history import Turn
-from bot.postprocess import clean_reply
 from bot.prompt import build_prompt
 
 
@@ -51,10 +51,11 @@ def compare(
 
     def clean(index: int) -> str:
         result = results[index]
-        return clean_reply(
+        return clean_character_reply(
+            character,
             result.text,
-            speaker_names=character.names,
-            other_speakers=[user_name],
+            cast=[],
+            authors=[user_name],
             hit_token_limit=result.hit_token_limit,
             fallback=character.fallback(),
         )

@@ -31,12 +31,12 @@ from typing import Any
 from tqdm import tqdm
 
 from bot.characters import Character
+from bot.chat import clean_character_reply
 from bot.config import Config
 from bot.embeddings import load_encoder
 from bot.engine import GenerationRequest, InferenceEngine, SamplingSettings
 from bot.example_retrieval import ExampleRetriever
 from bot.history import Turn
-from bot.postprocess import clean_reply
 from bot.prompt import build_prompt
 from finetune import metrics
 from finetune.attribution import train_attribution
@@ -149,15 +149,12 @@ def answer_all(
         chunk = jobs[start : start + options.batch_size]
         results = engine.generate([request for _, _, request in chunk], seed=options.seed)
         for (item, setup, _), result in zip(chunk, results, strict=True):
-            character = characters[item.character]
-            authors = sorted({t.author for t in item.turns if t.role == "user"})
-            item.answers[setup] = clean_reply(
+            item.answers[setup] = clean_character_reply(
+                characters[item.character],
                 result.text,
-                speaker_names=character.names,
-                other_speakers=authors
-                + [c.name for c in characters.values() if c is not character],
+                cast=characters.values(),
+                authors=[t.author for t in item.turns if t.role == "user"],
                 hit_token_limit=result.hit_token_limit,
-                fallback="",
             )
 
 
