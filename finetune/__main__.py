@@ -1,8 +1,11 @@
-"""`python -m finetune build | train | chat | compare`: from scripts to a character's adapter.
+"""`python -m finetune build | train | chat | compare | eval`: from scripts to a character's
+adapter, and the report that shows what the adapters do.
 
 python -m finetune build goku characters/goku/data/sources/*.jsonl
 python -m finetune train goku --recipe finetune/recipes/cpu-small.yaml
 python -m finetune chat goku
+python -m finetune train-persona-chat --recipe finetune/recipes/persona-chat.yaml
+python -m finetune eval
 """
 
 from __future__ import annotations
@@ -34,6 +37,36 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the adapter goes (default: characters/<id>/adapter; the old one is kept "
         "as adapter.previous)",
     )
+    add_recipe_arguments(parser)
+
+
+def add_persona_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    from finetune.persona_chat import DEFAULT_ADAPTER, HELD_OUT_EVERY
+
+    parser.add_argument(
+        "--spc",
+        type=Path,
+        default=DEFAULT_SPC,
+        help=f"Synthetic-Persona-Chat CSV; every {HELD_OUT_EVERY}th row is held out for "
+        "`eval` and never trained on [%(default)s]",
+    )
+    parser.add_argument(
+        "--dialogues",
+        type=int,
+        default=48,
+        help="training dialogues (rows not held out) to use; about 14 examples each "
+        "[%(default)s]",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_ADAPTER,
+        help="where the adapter goes [%(default)s]",
+    )
+    add_recipe_arguments(parser)
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipe",
         type=Path,
@@ -119,6 +152,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_train_arguments(train)
 
+    persona = sub.add_parser(
+        "train-persona-chat",
+        help="train the adapter of the Synthetic-Persona-Chat protocol in `eval`",
+        description="One LoRA adapter for User 2 of Synthetic-Persona-Chat dialogues, each "
+        "prompted with its own persona as the card (so it learns to use a persona, not one "
+        "character). Train with finetune/recipes/persona-chat.yaml.",
+    )
+    add_persona_chat_arguments(persona)
+
     chat = sub.add_parser(
         "chat",
         help="chat with a character in the terminal, with its (or another) adapter",
@@ -159,10 +201,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     evaluate.add_argument("--quick", action="store_true", help="few prompts: a smoke run")
     evaluate.add_argument("--prompts", type=int, help="held-out prompts per character [8]")
     evaluate.add_argument(
+        "--spc-dialogues",
+        type=int,
+        metavar="N",
+        help="held-out Synthetic-Persona-Chat dialogues for the damage guard and the "
+        "persona-injection protocol [20]",
+    )
+    evaluate.add_argument(
+        "--persona-chat-adapter",
+        type=Path,
+        help="adapter of the persona-injection protocol (default: the one "
+        "`train-persona-chat` writes)",
+    )
+    evaluate.add_argument(
         "--spc",
         type=Path,
         default=DEFAULT_SPC,
-        help="Synthetic-Persona-Chat CSV for the damage guard (skipped if missing)",
+        help="Synthetic-Persona-Chat CSV for the damage guard and the persona-injection "
+        "protocol (both skipped if missing)",
     )
     return parser.parse_args(argv)
 
@@ -195,17 +251,35 @@ def show_masks(character_id: str, train_path: Path, count: int) -> None:
 
 def command_train(args: argparse.Namespace) -> int:
     from bot.characters import CharacterRegistry
+
+    config = load_config()
+    character = CharacterRegistry.load(config.characters_path).get(args.character)
+    folder = config.characters_path / character.id
+    data_dir, out_dir = args.data or folder / "data", args.out or folder / "adapter"
+    return run_training(args, character, data_dir=data_dir, out_dir=out_dir)
+
+
+def command_train_persona_chat(args: argparse.Namespace) -> int:
+    from finetune.persona_chat import ADAPTER_ID, persona_card, training_files
+    from finetune.train import TrainError
+
+    if not args.spc.exists():
+        raise TrainError(f"{args.spc}: no Synthetic-Persona-Chat CSV there (give one with --spc)")
+    data_dir = load_config().data_path / ADAPTER_ID
+    training_files(args.spc, data_dir, dialogues=args.dialogues)
+    return run_training(args, persona_card(None, ADAPTER_ID), data_dir=data_dir, out_dir=args.out)
+
+
+def run_training(args: argparse.Namespace, character, *, data_dir: Path, out_dir: Path) -> int:
     from finetune.train import train
 
     overrides = {name: getattr(args, name) for name in Recipe.model_fields}
     recipe = load_recipe(args.recipe, **overrides)
     config = load_config()
-    character = CharacterRegistry.load(config.characters_path).get(args.character)
-    folder = config.characters_path / character.id
     result = train(
         character,
-        data_dir=args.data or folder / "data",
-        out_dir=args.out or folder / "adapter",
+        data_dir=data_dir,
+        out_dir=out_dir,
         recipe=recipe,
         config=config,
         work_dir=config.data_path / "training",
@@ -259,8 +333,15 @@ def command_eval(args: argparse.Namespace) -> int:
     options = EvalOptions.quick() if args.quick else EvalOptions()
     if args.prompts:
         options = dataclasses.replace(options, prompts=args.prompts)
+    if args.spc_dialogues:
+        options = dataclasses.replace(options, spc_dialogues=args.spc_dialogues)
     report = run_eval(
-        characters, config=config, out_dir=args.out, options=options, spc_path=args.spc
+        characters,
+        config=config,
+        out_dir=args.out,
+        options=options,
+        spc_path=args.spc,
+        persona_chat_adapter=args.persona_chat_adapter,
     )
     print(headline_table(report))
     print(f"report: {args.out / 'report.md'}")
@@ -283,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "build": command_build,
         "train": command_train,
+        "train-persona-chat": command_train_persona_chat,
         "chat": command_chat,
         "compare": command_compare,
         "eval": command_eval,

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +35,18 @@ from bot.characters import Character
 from bot.chat import clean_character_reply
 from bot.config import Config
 from bot.embeddings import load_encoder
-from bot.engine import GenerationRequest, InferenceEngine, SamplingSettings
+from bot.engine import GenerationRequest, GenerationResult, InferenceEngine, SamplingSettings
 from bot.example_retrieval import ExampleRetriever
 from bot.history import Turn
 from bot.prompt import build_prompt
-from finetune import metrics
+from finetune import metrics, persona_chat
 from finetune.attribution import train_attribution
-from finetune.examples import encode_all, read_records
+from finetune.examples import EncodedExample, encode_all, read_records
+from finetune.persona_chat import Dialogue
 from finetune.probes import Probe, character_probes
 from finetune.recipe import Recipe
 from finetune.train import evaluate as mean_target_loss
+from finetune.train import example_losses
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ class EvalError(Exception):
 
 
 SETUPS = ("base", "card_zero_shot", "card_few_shot", "card_retrieved", "card_adapter")
+# Synthetic-Persona-Chat: no persona, the persona as the card, and that with the adapter
+# trained on other dialogues (`python -m finetune train-persona-chat`).
+PERSONA_SETUPS = ("base", "persona", "persona_adapter")
 RETRIEVED_EXAMPLES = 4
 
 
@@ -63,7 +69,8 @@ class EvalOptions:
     prompts: int = 8  # held-out prompts per character
     probes: int = 10  # rule probes per character
     likelihood_lines: int = 20  # held-out lines scored under every adapter
-    spc_dialogues: int = 20  # Synthetic-Persona-Chat dialogues for the damage guard
+    spc_dialogues: int = 20  # held-out Synthetic-Persona-Chat dialogues (guard and protocol)
+    candidates: int = 20  # replies ranked by likelihood per dialogue (hits@1)
     max_new_tokens: int = 40
     batch_size: int = 8
     seed: int = 0
@@ -116,6 +123,26 @@ def collect_items(characters: list[Character], root: Path, options: EvalOptions)
     return items
 
 
+def generate_all(
+    engine: InferenceEngine,
+    jobs: list[tuple[str, str | None]],
+    settings: SamplingSettings,
+    options: EvalOptions,
+    desc: str = "generate",
+) -> list[GenerationResult]:
+    """Greedy answers to (prompt, adapter) jobs, in batches, in job order."""
+    # Sorted by adapter, then prompt text: a batch holds one character's card under one adapter,
+    # which the engine runs once for the whole batch (its shared prefix).
+    order = sorted(range(len(jobs)), key=lambda i: (jobs[i][1] or "", jobs[i][0]))
+    results: list[GenerationResult | None] = [None] * len(jobs)
+    for start in tqdm(range(0, len(order), options.batch_size), desc=desc, leave=False):
+        chunk = order[start : start + options.batch_size]
+        requests = [GenerationRequest(jobs[i][0], settings, adapter=jobs[i][1]) for i in chunk]
+        for i, result in zip(chunk, engine.generate(requests, seed=options.seed), strict=True):
+            results[i] = result
+    return results  # type: ignore[return-value]
+
+
 def answer_all(
     engine: InferenceEngine,
     characters: dict[str, Character],
@@ -128,7 +155,7 @@ def answer_all(
     settings = SamplingSettings.from_config(
         config.generation, temperature=0.0, max_new_tokens=options.max_new_tokens
     )
-    jobs = []
+    slots, jobs = [], []
     for item in items:
         character = characters[item.character]
         for setup in SETUPS:
@@ -142,20 +169,17 @@ def answer_all(
                 tokenizer=engine.tokenizer,
                 budget=config.prompt.token_budget,
             )
-            adapter = character.id if setup == "card_adapter" else None
-            jobs.append((item, setup, GenerationRequest(prompt.text, settings, adapter=adapter)))
-    jobs.sort(key=lambda job: len(job[2].prompt))  # similar lengths batch with less padding
-    for start in tqdm(range(0, len(jobs), options.batch_size), desc="generate", leave=False):
-        chunk = jobs[start : start + options.batch_size]
-        results = engine.generate([request for _, _, request in chunk], seed=options.seed)
-        for (item, setup, _), result in zip(chunk, results, strict=True):
-            item.answers[setup] = clean_character_reply(
-                characters[item.character],
-                result.text,
-                cast=characters.values(),
-                authors=[t.author for t in item.turns if t.role == "user"],
-                hit_token_limit=result.hit_token_limit,
-            )
+            slots.append((item, setup))
+            jobs.append((prompt.text, character.id if setup == "card_adapter" else None))
+    results = generate_all(engine, jobs, settings, options)
+    for (item, setup), result in zip(slots, results, strict=True):
+        item.answers[setup] = clean_character_reply(
+            characters[item.character],
+            result.text,
+            cast=characters.values(),
+            authors=[t.author for t in item.turns if t.role == "user"],
+            hit_token_limit=result.hit_token_limit,
+        )
 
 
 def adapter_scope(engine: InferenceEngine, adapter: str | None):
@@ -182,6 +206,7 @@ def run_eval(
     out_dir: Path,
     options: EvalOptions,
     spc_path: Path | None = None,
+    persona_chat_adapter: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate, write report.json / report.md / charts into `out_dir`, return the figures."""
     ids = [c.id for c in characters]
@@ -266,9 +291,24 @@ def run_eval(
     )
     report["likelihood"] = {"perplexity": ppl, "own_adapter_hits_at_1": hits}
 
-    # 5. Damage guard: general dialogue (Synthetic-Persona-Chat) with and without each adapter.
+    # 5. Synthetic-Persona-Chat, on held-out dialogues: damage guard (general dialogue with
+    # and without each character adapter) and the persona-injection protocol.
     if spc_path is not None and spc_path.exists():
-        report["damage_guard"] = spc_damage_guard(engine, ids, spc_path, options)
+        dialogues, pool = held_out_dialogues(spc_path, options.spc_dialogues)
+        report["damage_guard"] = spc_damage_guard(engine, ids, dialogues, options)
+        adapter = persona_chat_adapter or persona_chat.DEFAULT_ADAPTER
+        with_adapter = (adapter / "adapter_config.json").exists()
+        if with_adapter:
+            engine.load_adapter(persona_chat.ADAPTER_ID, adapter)
+        else:
+            log.warning(
+                "No persona-chat adapter in %s (train it with `python -m finetune "
+                "train-persona-chat`); the protocol runs without it",
+                adapter,
+            )
+        report["persona_chat"] = persona_protocol(
+            engine, config, dialogues, pool, options, with_adapter=with_adapter
+        )
 
     report["samples"] = [
         {"character": item.character, "prompt": item.turns[-1].content, **item.answers}
@@ -278,38 +318,120 @@ def run_eval(
     return report
 
 
+def held_out_dialogues(spc_path: Path, count: int) -> tuple[list[Dialogue], list[Dialogue]]:
+    """The first `count` held-out Synthetic-Persona-Chat dialogues, and all of them."""
+    held_out = [d for d in persona_chat.read_dialogues(spc_path) if persona_chat.is_held_out(d)]
+    return held_out[:count], held_out
+
+
+def last_turn_records(dialogues: list[Dialogue]) -> list[dict[str, Any]]:
+    return [r for d in dialogues for r in persona_chat.next_turn_records(d, last_only=True)]
+
+
+def encode_records(
+    records: list[dict[str, Any]], engine: InferenceEngine, *, persona: bool
+) -> list[EncodedExample]:
+    """Each record prompted as User 2, with its persona as the card or (not `persona`) none."""
+    card = persona_chat.persona_card(None)
+    if not persona:
+        records = [{**r, "persona": None} for r in records]
+    examples, _ = encode_all(records, card, engine.tokenizer, max_seq_len=1024)
+    return examples
+
+
 def spc_damage_guard(
-    engine: InferenceEngine, ids: list[str], spc_path: Path, options: EvalOptions
+    engine: InferenceEngine, ids: list[str], dialogues: list[Dialogue], options: EvalOptions
 ) -> dict[str, float]:
     """Perplexity of User 2's last turn, given its persona as the card, per adapter."""
-    from finetune.sources import read_spc_rows
-
-    records, cards = [], []
-    for row in read_spc_rows(spc_path)[: options.spc_dialogues]:
-        turns = []
-        for line in row.conversation.splitlines():
-            speaker, sep, text = line.partition(":")
-            if sep and speaker.strip() in ("User 1", "User 2") and text.strip():
-                turns.append((speaker.strip(), text.strip()))
-        replies = [i for i, (speaker, _) in enumerate(turns) if speaker == "User 2" and i > 0]
-        if not replies:
-            continue
-        last = replies[-1]
-        context = [
-            Turn("character" if s == "User 2" else "user", s, t) for s, t in turns[:last][-4:]
-        ]
-        persona = " ".join(row.personas.get("User 2", [])) or "A person chatting."
-        card = Character(id="persona", name="User 2", description=persona, greeting="Hi!")
-        records.append({"id": str(row.index), "turns": context, "reply": turns[last][1]})
-        cards.append(card)
-    examples = []
-    for record, card in zip(records, cards, strict=True):
-        encoded, _ = encode_all([record], card, engine.tokenizer, max_seq_len=1536)
-        examples += encoded
+    examples = encode_records(last_turn_records(dialogues), engine, persona=True)
     result = {"base": perplexity_under(engine, None, examples, options.batch_size)}
     for a in ids:
         result[a] = perplexity_under(engine, a, examples, options.batch_size)
     result["dialogues"] = len(examples)
+    return result
+
+
+def persona_protocol(
+    engine: InferenceEngine,
+    config: Config,
+    dialogues: list[Dialogue],
+    pool: list[Dialogue],
+    options: EvalOptions,
+    *,
+    with_adapter: bool,
+) -> dict[str, Any]:
+    """The persona-injection protocol: User 2's last turn of each held-out dialogue, generated
+    (BLEU, ROUGE-L, MiniLM similarity against the real turn) and picked out by likelihood from
+    `options.candidates` replies (hits@1; distractors are User 2 turns of other held-out
+    dialogues in `pool`)."""
+    setups = PERSONA_SETUPS if with_adapter else PERSONA_SETUPS[:2]
+    records = last_turn_records(dialogues)
+    settings = SamplingSettings.from_config(
+        config.generation, temperature=0.0, max_new_tokens=options.max_new_tokens
+    )
+    adapter_of = {"persona_adapter": persona_chat.ADAPTER_ID}
+    slots, jobs = [], []
+    for record in records:
+        for setup in setups:
+            card = persona_chat.persona_card(None if setup == "base" else record["persona"])
+            prompt = build_prompt(
+                card,
+                record["turns"][:-1],
+                record["turns"][-1],
+                tokenizer=engine.tokenizer,
+                budget=config.prompt.token_budget,
+            )
+            slots.append(setup)
+            jobs.append((prompt.text, adapter_of.get(setup)))
+    answers: dict[str, list[str]] = {setup: [] for setup in setups}
+    results = generate_all(engine, jobs, settings, options, desc="persona-chat")
+    for setup, result in zip(slots, results, strict=True):
+        answers[setup].append(
+            clean_character_reply(
+                persona_chat.persona_card(None),
+                result.text,
+                cast=[],
+                authors=["User 1"],
+                hit_token_limit=result.hit_token_limit,
+            )
+        )
+
+    # Candidates: the real turn first, then distractors drawn (seeded) from other dialogues.
+    rng = random.Random(options.seed)
+    candidates = []
+    for record, dialogue in zip(records, dialogues, strict=True):
+        others = [
+            text
+            for d in pool
+            if d.index != dialogue.index
+            for speaker, text in d.turns
+            if speaker == persona_chat.SPEAKER
+        ]
+        candidates.append([record["reply"], *rng.sample(others, options.candidates - 1)])
+    gold = [r["reply"] for r in records]
+    batch = options.batch_size
+    result: dict[str, Any] = {"dialogues": len(records), "candidates": options.candidates}
+    for setup in setups:
+        scored = [
+            {**record, "reply": candidate}
+            for record, row in zip(records, candidates, strict=True)
+            for candidate in row
+        ]
+        examples = encode_records(scored, engine, persona=setup != "base")
+        with adapter_scope(engine, adapter_of.get(setup)):
+            losses = example_losses(engine.model, examples, Recipe(batch_size=batch), "cpu")
+        n = options.candidates
+        rows = [losses[i : i + n] for i in range(0, len(losses), n)]
+        result[setup] = {
+            "bleu": metrics.bleu(answers[setup], gold),
+            "rouge_l": metrics.mean_rouge_l(answers[setup], gold),
+            "similarity": load_encoder().mean_similarity(answers[setup], gold),
+            "hits_at_1": metrics.hits_at_1(rows, [0] * len(rows), higher_is_better=False),
+        }
+    result["samples"] = [
+        {"context": r["turns"][-1].content, "gold": r["reply"]} | {s: answers[s][i] for s in setups}
+        for i, r in enumerate(records[:4])
+    ]
     return result
 
 
@@ -390,11 +512,38 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         guard = report["damage_guard"]
         parts += [
             "## Damage guard: Synthetic-Persona-Chat perplexity (persona as the card)\n",
+            "User 2's last turn of held-out dialogues under each character's adapter: an "
+            "adapter that broke general dialogue would score worse than the base.\n",
             _table(
                 ["adapter", "perplexity"], [[k, v] for k, v in guard.items() if k != "dialogues"]
             )
             + f"\n\n{guard['dialogues']} dialogues.\n",
         ]
+    if "persona_chat" in report:
+        spc = report["persona_chat"]
+        setups = [s for s in PERSONA_SETUPS if s in spc]
+        parts += [
+            "## Synthetic-Persona-Chat: the persona-injection protocol\n",
+            f"User 2's last turn of {spc['dialogues']} held-out dialogues, given the context: "
+            "`base` without a persona, `persona` with User 2's persona as the card, "
+            "`persona_adapter` with that and the adapter `python -m finetune train-persona-chat` "
+            "trained on other dialogues. hits@1: the real turn ranked first among "
+            f"{spc['candidates']} candidates (the others are User 2 turns of other held-out "
+            "dialogues) by mean loss per token.\n",
+            _table(
+                ["set-up", "BLEU", "ROUGE-L", "MiniLM sim.", "hits@1"],
+                [
+                    [s, *(spc[s][k] for k in ("bleu", "rouge_l", "similarity", "hits_at_1"))]
+                    for s in setups
+                ],
+            )
+            + "\n",
+        ]
+        for sample in spc["samples"]:
+            parts.append(f"User 1: {sample['context']}\n")
+            parts.append(f"- real: {sample['gold']}")
+            parts += [f"- {s}: {sample[s]}" for s in setups]
+            parts.append("")
     parts.append("## Sample answers\n")
     for sample in report["samples"]:
         parts.append(f"**{sample['character']}** ← {sample['prompt']}\n")

@@ -1,11 +1,12 @@
 """Dataset records -> token ids and loss masks, rendered exactly as the bot prompts.
 
 A record (one line of `train.jsonl`, written by `finetune build`) is a window of turns and the
-character's reply. Its prompt comes from `bot.prompt.build_prompt`, the function the bot uses at
-inference: system card, few-shot examples, history, the last turn as the new message, the
-model's chat template. The target is what the template puts after the prompt for the reply:
-the reply text and the end-of-turn token (so the model learns to stop), never a speaker name.
-Loss is computed on the target only.
+character's reply; a record with a `persona` (Synthetic-Persona-Chat: every dialogue has its own)
+is prompted with that persona as the card's description. Its prompt comes from
+`bot.prompt.build_prompt`, the function the bot uses at inference: system card, few-shot
+examples, history, the last turn as the new message, the model's chat template. The target is
+what the template puts after the prompt for the reply: the reply text and the end-of-turn token
+(so the model learns to stop), never a speaker name. Loss is computed on the target only.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def encode_example(
         return None
     message, history = turns[-1], turns[:-1]
     reply = record["reply"].strip()
+    if record.get("persona"):
+        character = character.model_copy(update={"description": str(record["persona"])})
     # The target: what the chat template writes for this reply after the generation prompt.
     probe = build_prompt(character, [], message, tokenizer=tokenizer, budget=10**9)
     full = render(tokenizer, [*probe.messages, {"role": "assistant", "content": reply}], False)

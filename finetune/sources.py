@@ -625,29 +625,40 @@ def parse_spc(path: Path, options: ParseOptions, display: str | None = None) -> 
     scenes: list[Scene] = []
     dropped: list[Dropped] = []
     for row in rows:
-        scene = Scene(f"{src}#row{row.index}")
-        for offset, text in enumerate(row.conversation.split("\n")):
-            number = row.conversation_line + offset
-            stripped = text.strip()
-            if not stripped:
-                continue
-            match = _SPC_TURN.match(stripped)
-            if match:
-                speaker = spc_speaker(match[1])
-                name = options.character_name if speaker == who else speaker
-                scene.lines.append(Line(name, match[2].strip(), src, number))
-            elif _STAGE_DIRECTION.match(stripped) or re.fullmatch(r"[*\s]+", stripped):
-                dropped.append(Dropped("stage direction", src, number, stripped))
-            elif scene.lines:
-                last = scene.lines[-1]
-                scene.lines[-1] = Line(last.speaker, f"{last.text} {stripped}", src, last.line)
-            else:
-                dropped.append(
-                    Dropped("not a speaker line (narration or direction)", src, number, stripped)
-                )
-        if scene.lines:
-            scenes.append(scene)
+        lines, row_dropped = spc_turns(row, src)
+        dropped += row_dropped
+        renamed = [
+            Line(options.character_name, line.text, src, line.line) if line.speaker == who else line
+            for line in lines
+        ]
+        if renamed:
+            scenes.append(Scene(f"{src}#row{row.index}", renamed))
     return ParsedSource(src, ".csv", scenes, dropped, read_text(path).count("\n") + 1)
+
+
+def spc_turns(row: SpcRow, src: str) -> tuple[list[Line], list[Dropped]]:
+    """The row's turns as Lines spoken by "User 1" / "User 2", and the lines left out: stage
+    directions, and text before the first turn. Other lines continue the turn before them."""
+    lines: list[Line] = []
+    dropped: list[Dropped] = []
+    for offset, text in enumerate(row.conversation.split("\n")):
+        number = row.conversation_line + offset
+        stripped = text.strip()
+        if not stripped:
+            continue
+        match = _SPC_TURN.match(stripped)
+        if match:
+            lines.append(Line(spc_speaker(match[1]), match[2].strip(), src, number))
+        elif _STAGE_DIRECTION.match(stripped) or re.fullmatch(r"[*\s]+", stripped):
+            dropped.append(Dropped("stage direction", src, number, stripped))
+        elif lines:
+            last = lines[-1]
+            lines[-1] = Line(last.speaker, f"{last.text} {stripped}", src, last.line)
+        else:
+            dropped.append(
+                Dropped("not a speaker line (narration or direction)", src, number, stripped)
+            )
+    return lines, dropped
 
 
 # -- Ren'Py -----------------------------------------------------------------------------------

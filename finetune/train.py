@@ -60,13 +60,14 @@ class TrainResult:
 
 
 def make_batches(
-    examples: list[EncodedExample], batch_size: int, seed: int
+    examples: list[EncodedExample], batch_size: int, seed: int, *, by_prefix: bool = True
 ) -> list[list[EncodedExample]]:
-    """One epoch of batches: shuffled, each batch sharing one prefix (so it is computed once)."""
+    """One epoch of batches: shuffled, each batch sharing one prefix (so it is computed once);
+    without `by_prefix` (prefixes are not shared), any examples may share a batch."""
     rng = random.Random(seed)
     groups: dict[tuple[int, ...], list[EncodedExample]] = defaultdict(list)
     for example in examples:
-        groups[example.prefix].append(example)
+        groups[example.prefix if by_prefix else ()].append(example)
     batches = []
     for members in groups.values():
         members = list(members)
@@ -130,7 +131,22 @@ def batch_loss(
     device: str,
     prefix_state: PrefixState | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the batch's target tokens, and how many there were.
+    """Summed cross-entropy over the batch's target tokens, and how many there were."""
+    losses, _ = token_losses(
+        model, batch, share_prefix=share_prefix, device=device, prefix_state=prefix_state
+    )
+    return losses.sum(), losses.numel()
+
+
+def token_losses(
+    model: Any,
+    batch: list[EncodedExample],
+    *,
+    share_prefix: bool,
+    device: str,
+    prefix_state: PrefixState | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every target token of the batch, and the row each one belongs to.
 
     With `share_prefix`, the batch's common prefix is run once (or taken from `prefix_state`)
     and its keys/values are shared by every row.
@@ -165,8 +181,9 @@ def batch_loss(
         hidden, targets = hidden[:, :-1], label_ids[:, 1:]
     # The vocabulary projection only where there is a target: most positions are prompt.
     keep = targets != IGNORE
-    loss = F.cross_entropy(head(hidden[keep]).float(), targets[keep], reduction="sum")
-    return loss, int(keep.sum())
+    losses = F.cross_entropy(head(hidden[keep]).float(), targets[keep], reduction="none")
+    rows = torch.arange(len(batch), device=device)[:, None].expand_as(keep)[keep]
+    return losses, rows
 
 
 @torch.no_grad()
@@ -178,7 +195,7 @@ def evaluate(model: Any, examples: list[EncodedExample], recipe: Recipe, device:
     model.eval()
     total, count = 0.0, 0
     prefixes = PrefixCache(model, device=device)  # exact: computed with today's weights
-    for batch in make_batches(examples, recipe.batch_size, seed=0):
+    for batch in make_batches(examples, recipe.batch_size, 0, by_prefix=recipe.share_prefix):
         loss, n = batch_loss(
             model,
             batch,
@@ -189,6 +206,32 @@ def evaluate(model: Any, examples: list[EncodedExample], recipe: Recipe, device:
         total, count = total + float(loss), count + n
     model.train(training)
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def example_losses(
+    model: Any, examples: list[EncodedExample], recipe: Recipe, device: str
+) -> list[float]:
+    """Mean loss per target token of each example, in the order given."""
+    training = model.training
+    model.eval()
+    index = {id(e): i for i, e in enumerate(examples)}
+    result = [math.nan] * len(examples)
+    prefixes = PrefixCache(model, device=device)
+    for batch in make_batches(examples, recipe.batch_size, 0, by_prefix=recipe.share_prefix):
+        losses, rows = token_losses(
+            model,
+            batch,
+            share_prefix=recipe.share_prefix,
+            device=device,
+            prefix_state=prefixes.get(batch) if recipe.share_prefix else None,
+        )
+        sums = torch.zeros(len(batch)).index_add_(0, rows.cpu(), losses.cpu())
+        counts = torch.bincount(rows.cpu(), minlength=len(batch)).clamp(min=1)
+        for example, mean in zip(batch, (sums / counts).tolist(), strict=True):
+            result[index[id(example)]] = mean
+    model.train(training)
+    return result
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -280,7 +323,8 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(
-        len(make_batches(train_set, recipe.batch_size, recipe.seed)) / recipe.grad_accum
+        len(make_batches(train_set, recipe.batch_size, recipe.seed, by_prefix=recipe.share_prefix))
+        / recipe.grad_accum
     )
     total_steps = recipe.max_steps or max(1, round(recipe.epochs * steps_per_epoch))
     scheduler = get_scheduler(
@@ -313,7 +357,9 @@ def train(
         epoch = 0
         seen = 0
         while True:
-            batches = make_batches(train_set, recipe.batch_size, recipe.seed + epoch)
+            batches = make_batches(
+                train_set, recipe.batch_size, recipe.seed + epoch, by_prefix=recipe.share_prefix
+            )
             for batch in batches:
                 if seen >= from_step * recipe.grad_accum:
                     yield batch

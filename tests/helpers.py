@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,16 @@ def character_turn(content: str, character: Character) -> Turn:
 def make_config(**overrides: Any) -> Config:
     """The project's defaults with overrides (nested sections as dicts)."""
     return Config.model_validate(overrides)
+
+
+def write_spc(path: Path, rows: int) -> Path:
+    """`rows` dialogues; in row k User 2 keeps k goats and answers three times."""
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["user 1 personas", "user 2 personas", "Best Generated Conversation"])
+        for k in range(rows):
+            turns = []
+            for t in range(3):
+                turns += [f"User 1: Question {t} for row {k}?", f"User 2: I have {k} goats ({t})."]
+            writer.writerow([f"I ask things {k}.", f"I keep {k} goats.", "\n".join(turns)])
+    return path

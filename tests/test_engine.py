@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bot.engine import AdapterError, GenerationRequest, InferenceEngine, SamplingSettings
+from bot.engine.engine import shared_prefix_length
 from tests.helpers import make_config
 
 GREEDY = SamplingSettings(max_new_tokens=12, temperature=0, top_p=1.0, repetition_penalty=1.0)
@@ -34,6 +35,40 @@ def test_mixed_adapter_batch_equals_one_by_one(clean_engine, random_adapters):
     assert batched == one_by_one
     # The adapters really change the output (random LoRA weights are not a no-op).
     assert batched[0] != batched[1]
+
+
+CARD = "You are Captain Mira of the starship Lark. " * 8  # a long shared system prompt
+
+
+def card_prompt(engine, text: str) -> str:
+    return engine.tokenizer.apply_chat_template(
+        [{"role": "system", "content": CARD}, {"role": "user", "content": text}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+
+
+@pytest.mark.parametrize("adapter", [None, "alpha"])
+def test_rows_sharing_a_card_run_it_once_with_the_same_answers(
+    clean_engine, random_adapters, adapter
+):
+    engine = clean_engine
+    engine.load_adapter("alpha", random_adapters["alpha"])
+    messages = ["Hi", "Where are we flying today, captain?", "Status report!"]
+    requests = [GenerationRequest(card_prompt(engine, m), GREEDY, adapter) for m in messages]
+    shared = texts(engine, requests)
+    engine.min_shared_prefix = 10**9  # sharing off: every row runs the whole card
+    try:
+        assert texts(engine, requests) == shared
+    finally:
+        engine.min_shared_prefix = InferenceEngine(None, None).min_shared_prefix
+    assert len(set(shared)) > 1  # each row answered its own message
+
+
+def test_shared_prefix_leaves_every_row_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # not the whole shorter row
+    assert shared_prefix_length([[7, 2], [1, 2]]) == 0
 
 
 def test_seeded_sampling_is_repeatable(engine):

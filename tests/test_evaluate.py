@@ -7,7 +7,7 @@ import json
 from bot.characters import CharacterRegistry
 from finetune.adapters import save_random_adapter
 from finetune.evaluate import EvalOptions, run_eval, variant
-from tests.helpers import make_character, write_character
+from tests.helpers import make_character, write_character, write_spc
 
 
 def write_split(folder, lines: list[tuple[str, str]]) -> None:
@@ -45,10 +45,25 @@ def test_report_is_written_with_every_section(tmp_path, config, engine):
         write_split(folder, lines)
     test_config = config.model_copy(update={"characters_dir": root})
     characters = list(CharacterRegistry.load(root))
+    spc = write_spc(tmp_path / "spc.csv", rows=11)  # held out: rows 0, 5, 10
+    persona_adapter = save_random_adapter(engine.model, tmp_path / "persona-chat", seed=3)
     options = EvalOptions(
-        prompts=1, probes=1, likelihood_lines=1, spc_dialogues=0, max_new_tokens=6, batch_size=8
+        prompts=1,
+        probes=1,
+        likelihood_lines=1,
+        spc_dialogues=2,
+        candidates=4,
+        max_new_tokens=6,
+        batch_size=8,
     )
-    report = run_eval(characters, config=test_config, out_dir=tmp_path / "report", options=options)
+    report = run_eval(
+        characters,
+        config=test_config,
+        out_dir=tmp_path / "report",
+        options=options,
+        spc_path=spc,
+        persona_chat_adapter=persona_adapter,
+    )
 
     ids = ["remy", "tess"]
     assert report["characters"] == ids
@@ -58,7 +73,17 @@ def test_report_is_written_with_every_section(tmp_path, config, engine):
         assert set(report["probes"][setup]) == set(ids)
     assert set(report["likelihood"]["perplexity"]["tess"]) == {"remy", "tess", "base"}
     assert report["likelihood"]["own_adapter_hits_at_1"] in (0.0, 0.5, 1.0)
+    assert set(report["damage_guard"]) == {"base", "remy", "tess", "dialogues"}
+    assert report["damage_guard"]["dialogues"] == 2
+    spc_report = report["persona_chat"]
+    assert spc_report["dialogues"] == 2 and spc_report["candidates"] == 4
+    for setup in ("base", "persona", "persona_adapter"):
+        assert spc_report[setup]["hits_at_1"] in (0.0, 0.5, 1.0)
+        assert 0 <= spc_report[setup]["rouge_l"] <= 1
+    # The held-out rows' last turns are the references; row 0 first.
+    assert spc_report["samples"][0]["gold"] == "I have 0 goats (2)."
     markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "persona-injection protocol" in markdown and "| persona_adapter |" in markdown
     assert "## Headline" in markdown and "| card_adapter |" in markdown
     for chart in ("attribution.png", "confusion.png"):
         assert (tmp_path / "report" / chart).stat().st_size > 1000

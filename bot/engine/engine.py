@@ -23,6 +23,17 @@ from bot.engine.loading import load_base_model
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+MIN_SHARED_PREFIX = 32
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own (the model
+    must be fed something to predict the first new token)."""
+    limit = min(len(r) for r in rows) - 1
+    length = 0
+    while length < limit and all(r[length] == rows[0][length] for r in rows):
+        length += 1
+    return length
 
 
 class AdapterError(Exception):
@@ -106,6 +117,7 @@ class InferenceEngine:
         quantization: str = "none",
         model_name: str = "",
         seed: int | None = None,
+        min_shared_prefix: int = MIN_SHARED_PREFIX,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -113,6 +125,9 @@ class InferenceEngine:
         self.quantization = quantization
         self.model_name = model_name
         self.seed = seed
+        # Rows of a batch that start with at least this many identical tokens (one character's
+        # card) run those tokens once; a huge value turns sharing off (benchmarks compare).
+        self.min_shared_prefix = min_shared_prefix
         # character id -> the peft adapter name currently serving it (changes on reload)
         self._active: dict[str, str] = {}
         self._paths: dict[str, Path] = {}
@@ -199,12 +214,11 @@ class InferenceEngine:
         seed = self.seed if seed is None else seed
         if seed is not None:
             torch.manual_seed(seed)
-        inputs = self.tokenizer(
-            [r.prompt for r in requests],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,  # the chat template already added them
-        ).to(self.device)
+        rows = [
+            self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]  # template added them
+            for r in requests
+        ]
+        adapter_names = [self.adapter_name(r.adapter) for r in requests]
         kwargs: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
             "repetition_penalty": settings.repetition_penalty,
@@ -217,11 +231,47 @@ class InferenceEngine:
         else:
             kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if isinstance(self.model, PeftModel):
-            kwargs["adapter_names"] = [self.adapter_name(r.adapter) for r in requests]
+            kwargs["adapter_names"] = adapter_names
         if any(r.on_text for r in requests):
             kwargs["streamer"] = _RowStreamer(self.tokenizer, [r.on_text for r in requests])
+        shared = shared_prefix_length(rows) if len(set(adapter_names)) == 1 else 0
+        if len(rows) > 1 and shared >= self.min_shared_prefix:
+            inputs = self._with_shared_prefix(rows, shared, kwargs.get("adapter_names"))
+        else:
+            inputs = self._left_padded(rows)
         output = self.model.generate(**inputs, **kwargs)
         return [self._result(row, settings) for row in output[:, inputs["input_ids"].shape[1] :]]
+
+    def _left_padded(self, rows: list[list[int]]) -> dict[str, Any]:
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id
+        ids = [[pad] * (width - len(r)) + r for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+        return {
+            "input_ids": torch.tensor(ids, device=self.device),
+            "attention_mask": torch.tensor(mask, device=self.device),
+        }
+
+    def _with_shared_prefix(
+        self, rows: list[list[int]], shared: int, adapter_names: list[str] | None
+    ) -> dict[str, Any]:
+        """Run the rows' common first `shared` tokens once and start every row from that cache.
+
+        Each row is laid out as prefix, padding, rest: the attention mask hides the padding and
+        positions come from the mask, so every row sees exactly its own prompt.
+        """
+        prefix = torch.tensor([rows[0][:shared]], device=self.device)
+        extra = {"adapter_names": adapter_names[:1]} if adapter_names else {}
+        cache = self.model(input_ids=prefix, use_cache=True, **extra).past_key_values
+        n = len(rows)
+        cache.batch_repeat_interleave(n)
+        padded = self._left_padded([r[shared:] for r in rows])
+        ones = torch.ones(n, shared, dtype=torch.long, device=self.device)
+        return {
+            "input_ids": torch.cat([prefix.expand(n, -1), padded["input_ids"]], 1),
+            "attention_mask": torch.cat([ones, padded["attention_mask"]], 1),
+            "past_key_values": cache,
+        }
 
     def _result(self, row: torch.Tensor, settings: SamplingSettings) -> GenerationResult:
         ids = row.tolist()

@@ -1,0 +1,110 @@
+"""Synthetic-Persona-Chat: dialogues as next-turn examples, split so evaluation never trains.
+
+Each CSV row is one dialogue between "User 1" and "User 2", each with a persona. The
+persona-injection protocol asks a model for User 2's next turn given User 2's persona and the
+context. Rows are split by position: every `HELD_OUT_EVERY`-th row (0, 5, 10, ...) is held out
+for the report (`finetune eval`); only the others may train the persona-chat adapter
+(`python -m finetune train-persona-chat`).
+
+A record here is a `finetune build` record (turns, reply) plus `persona`: the speaker's persona,
+which `finetune.examples` puts in the card's description, so one adapter learns from many
+personas and is judged on personas it never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.characters import Character
+from bot.config import PROJECT_ROOT
+from bot.history import Turn
+from finetune.sources import read_spc_rows, spc_turns
+
+DEFAULT_ADAPTER = PROJECT_ROOT / "finetune" / "persona-chat" / "adapter"
+HELD_OUT_EVERY = 5
+SPEAKER = "User 2"  # who the model plays; "User 1" is the user
+ADAPTER_ID = "persona-chat"
+NO_PERSONA = "A person in a conversation."
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    index: int  # the row, 0 = first data row
+    personas: dict[str, list[str]]
+    turns: list[tuple[str, str]]  # (speaker, text)
+
+
+def read_dialogues(path: Path) -> list[Dialogue]:
+    """Every row's turns, read as `finetune build` reads them (`finetune.sources.spc_turns`)."""
+    dialogues = []
+    for row in read_spc_rows(path):
+        lines, _ = spc_turns(row, str(path))
+        dialogues.append(Dialogue(row.index, row.personas, [(x.speaker, x.text) for x in lines]))
+    return dialogues
+
+
+def is_held_out(dialogue: Dialogue) -> bool:
+    return dialogue.index % HELD_OUT_EVERY == 0
+
+
+def persona_card(persona: str | None, id: str = "persona") -> Character:
+    """The card User 2 is prompted with: its persona, or (None) nothing about who it is."""
+    return Character(id=id, name=SPEAKER, description=persona or NO_PERSONA, greeting="Hi!")
+
+
+def next_turn_records(
+    dialogue: Dialogue, *, context_turns: int = 4, last_only: bool = False
+) -> list[dict[str, Any]]:
+    """User 2's turns that answer something, each with up to `context_turns` turns before it."""
+    answers = [i for i, (speaker, _) in enumerate(dialogue.turns) if speaker == SPEAKER and i > 0]
+    if last_only:
+        answers = answers[-1:]
+    records = []
+    for i in answers:
+        context = [
+            Turn("character" if s == SPEAKER else "user", s, text)
+            for s, text in dialogue.turns[max(0, i - context_turns) : i]
+        ]
+        if context[-1].role != "user":
+            continue  # two User 2 turns in a row: nothing to answer
+        records.append(
+            {
+                "id": f"row{dialogue.index}-turn{i}",
+                "turns": context,
+                "reply": dialogue.turns[i][1],
+                "persona": " ".join(dialogue.personas.get(SPEAKER, [])) or NO_PERSONA,
+            }
+        )
+    return records
+
+
+def write_records(records: list[dict[str, Any]], path: Path) -> None:
+    """As `finetune build` writes them (context as role/author/text), via a temporary file."""
+    lines = []
+    for record in records:
+        context = [{"role": t.role, "author": t.author, "text": t.content} for t in record["turns"]]
+        fields = {k: v for k, v in record.items() if k != "turns"}
+        lines.append(json.dumps({**fields, "context": context}, ensure_ascii=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def training_files(
+    spc_path: Path, out_dir: Path, *, dialogues: int, eval_dialogues: int = 5
+) -> tuple[Path, Path]:
+    """train.jsonl from the first `dialogues` training rows; eval.jsonl (for the trainer's eval
+    loss) from the last `eval_dialogues` held-out rows, which the report's first rows never
+    reach."""
+    rows = read_dialogues(spc_path)
+    train_rows = [d for d in rows if not is_held_out(d)][:dialogues]
+    eval_rows = [d for d in rows if is_held_out(d)][-eval_dialogues:]
+    train_path, eval_path = out_dir / "train.jsonl", out_dir / "eval.jsonl"
+    write_records([r for d in train_rows for r in next_turn_records(d)], train_path)
+    write_records([r for d in eval_rows for r in next_turn_records(d)], eval_path)
+    return train_path, eval_path
