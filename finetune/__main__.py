@@ -54,8 +54,7 @@ def add_persona_chat_arguments(parser: argparse.ArgumentParser) -> None:
         "--dialogues",
         type=int,
         default=48,
-        help="training dialogues (rows not held out) to use; about 14 examples each "
-        "[%(default)s]",
+        help="training dialogues (rows not held out) to use; about 14 examples each [%(default)s]",
     )
     parser.add_argument(
         "--out",

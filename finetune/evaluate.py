@@ -24,6 +24,8 @@ import logging
 import math
 import os
 import random
+import time
+from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +79,9 @@ class EvalOptions:
 
     @classmethod
     def quick(cls) -> EvalOptions:
-        # Prefill of ~1000-token prompts dominates on a CPU: keep the generations few.
-        return cls(prompts=2, probes=2, likelihood_lines=4, spc_dialogues=4, max_new_tokens=32)
+        # A smoke run of every section in under 3 minutes on a 2-core CPU: one prompt and one
+        # probe per character, few lines and dialogues.
+        return cls(prompts=1, probes=1, likelihood_lines=2, spc_dialogues=2, max_new_tokens=24)
 
 
 @dataclass
@@ -123,21 +126,36 @@ def collect_items(characters: list[Character], root: Path, options: EvalOptions)
     return items
 
 
+@dataclass(frozen=True)
+class Job:
+    prompt: str
+    adapter: str | None
+    group: str = ""  # prompts of one group start alike (one character's card): batched together
+
+
 def generate_all(
     engine: InferenceEngine,
-    jobs: list[tuple[str, str | None]],
+    jobs: list[Job],
     settings: SamplingSettings,
     options: EvalOptions,
     desc: str = "generate",
 ) -> list[GenerationResult]:
-    """Greedy answers to (prompt, adapter) jobs, in batches, in job order."""
-    # Sorted by adapter, then prompt text: a batch holds one character's card under one adapter,
-    # which the engine runs once for the whole batch (its shared prefix).
-    order = sorted(range(len(jobs)), key=lambda i: (jobs[i][1] or "", jobs[i][0]))
+    """Greedy answers to the jobs, in job order. A batch holds one group under one adapter, so
+    the engine runs the card the group's prompts share once for the whole batch."""
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[(job.adapter or "", job.group)].append(i)
+    batches = []
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda i: jobs[i].prompt)
+        batches += [
+            members[j : j + options.batch_size] for j in range(0, len(members), options.batch_size)
+        ]
     results: list[GenerationResult | None] = [None] * len(jobs)
-    for start in tqdm(range(0, len(order), options.batch_size), desc=desc, leave=False):
-        chunk = order[start : start + options.batch_size]
-        requests = [GenerationRequest(jobs[i][0], settings, adapter=jobs[i][1]) for i in chunk]
+    for chunk in tqdm(batches, desc=desc, leave=False):
+        requests = [
+            GenerationRequest(jobs[i].prompt, settings, adapter=jobs[i].adapter) for i in chunk
+        ]
         for i, result in zip(chunk, engine.generate(requests, seed=options.seed), strict=True):
             results[i] = result
     return results  # type: ignore[return-value]
@@ -170,7 +188,8 @@ def answer_all(
                 budget=config.prompt.token_budget,
             )
             slots.append((item, setup))
-            jobs.append((prompt.text, character.id if setup == "card_adapter" else None))
+            adapter = character.id if setup == "card_adapter" else None
+            jobs.append(Job(prompt.text, adapter, group=f"{character.id}/{setup == 'base'}"))
     results = generate_all(engine, jobs, settings, options)
     for (item, setup), result in zip(slots, results, strict=True):
         item.answers[setup] = clean_character_reply(
@@ -180,6 +199,20 @@ def answer_all(
             authors=[t.author for t in item.turns if t.role == "user"],
             hit_token_limit=result.hit_token_limit,
         )
+
+
+class PhaseClock:
+    """Seconds per phase of the run, logged as each ends (the report keeps them too)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 1)
+        self._last = now
+        log.info("%s: %.0f s", phase, self.seconds[phase])
 
 
 def adapter_scope(engine: InferenceEngine, adapter: str | None):
@@ -217,14 +250,19 @@ def run_eval(
         raise EvalError(
             f"no adapter for {', '.join(missing)}: train one with `python -m finetune train ID`"
         )
+    clock = PhaseClock()
     engine = InferenceEngine.from_config(config)
     for character in characters:
         engine.load_adapter(character.id, character.adapter_path)
+
+    clock.lap("load the model and adapters")
 
     # 1. Answers of every set-up to the held-out prompts and probes.
     items = collect_items(characters, root, options)
     encoder = load_encoder()
     answer_all(engine, by_id, items, config, options, ExampleRetriever(encoder, root))
+
+    clock.lap("answers")
 
     # 2. Attribution: a classifier of who is speaking, trained on the training replies.
     training_lines = {
@@ -277,6 +315,8 @@ def run_eval(
     report["probes"] = probes
     report["reference"] = reference
 
+    clock.lap("attribution and reference metrics")
+
     # 4. Likelihood: each character's held-out lines under every adapter (and none).
     ppl: dict[str, dict[str, float]] = {}
     for c in ids:
@@ -290,6 +330,8 @@ def run_eval(
         higher_is_better=False,
     )
     report["likelihood"] = {"perplexity": ppl, "own_adapter_hits_at_1": hits}
+
+    clock.lap("adapter likelihood")
 
     # 5. Synthetic-Persona-Chat, on held-out dialogues: damage guard (general dialogue with
     # and without each character adapter) and the persona-injection protocol.
@@ -309,6 +351,8 @@ def run_eval(
         report["persona_chat"] = persona_protocol(
             engine, config, dialogues, pool, options, with_adapter=with_adapter
         )
+        clock.lap("synthetic-persona-chat")
+    report["seconds"] = clock.seconds
 
     report["samples"] = [
         {"character": item.character, "prompt": item.turns[-1].content, **item.answers}
@@ -324,8 +368,14 @@ def held_out_dialogues(spc_path: Path, count: int) -> tuple[list[Dialogue], list
     return held_out[:count], held_out
 
 
-def last_turn_records(dialogues: list[Dialogue]) -> list[dict[str, Any]]:
-    return [r for d in dialogues for r in persona_chat.next_turn_records(d, last_only=True)]
+def protocol_records(dialogues: list[Dialogue]) -> list[dict[str, Any]]:
+    """One User 2 turn per dialogue: the middle one, past the greetings and before the
+    goodbyes, where the persona has something to say."""
+    records = []
+    for dialogue in dialogues:
+        turns = persona_chat.next_turn_records(dialogue)
+        records += turns[len(turns) // 2 : len(turns) // 2 + 1]
+    return records
 
 
 def encode_records(
@@ -342,8 +392,8 @@ def encode_records(
 def spc_damage_guard(
     engine: InferenceEngine, ids: list[str], dialogues: list[Dialogue], options: EvalOptions
 ) -> dict[str, float]:
-    """Perplexity of User 2's last turn, given its persona as the card, per adapter."""
-    examples = encode_records(last_turn_records(dialogues), engine, persona=True)
+    """Perplexity of a User 2 turn per dialogue, given its persona as the card, per adapter."""
+    examples = encode_records(protocol_records(dialogues), engine, persona=True)
     result = {"base": perplexity_under(engine, None, examples, options.batch_size)}
     for a in ids:
         result[a] = perplexity_under(engine, a, examples, options.batch_size)
@@ -360,12 +410,12 @@ def persona_protocol(
     *,
     with_adapter: bool,
 ) -> dict[str, Any]:
-    """The persona-injection protocol: User 2's last turn of each held-out dialogue, generated
+    """The persona-injection protocol: a User 2 turn of each held-out dialogue, generated
     (BLEU, ROUGE-L, MiniLM similarity against the real turn) and picked out by likelihood from
     `options.candidates` replies (hits@1; distractors are User 2 turns of other held-out
     dialogues in `pool`)."""
     setups = PERSONA_SETUPS if with_adapter else PERSONA_SETUPS[:2]
-    records = last_turn_records(dialogues)
+    records = protocol_records(dialogues)
     settings = SamplingSettings.from_config(
         config.generation, temperature=0.0, max_new_tokens=options.max_new_tokens
     )
@@ -382,7 +432,7 @@ def persona_protocol(
                 budget=config.prompt.token_budget,
             )
             slots.append(setup)
-            jobs.append((prompt.text, adapter_of.get(setup)))
+            jobs.append(Job(prompt.text, adapter_of.get(setup)))
     answers: dict[str, list[str]] = {setup: [] for setup in setups}
     results = generate_all(engine, jobs, settings, options, desc="persona-chat")
     for setup, result in zip(slots, results, strict=True):
@@ -399,11 +449,11 @@ def persona_protocol(
     # Candidates: the real turn first, then distractors drawn (seeded) from other dialogues.
     rng = random.Random(options.seed)
     candidates = []
-    for record, dialogue in zip(records, dialogues, strict=True):
+    for record in records:
         others = [
             text
             for d in pool
-            if d.index != dialogue.index
+            if d.index != record["row"]
             for speaker, text in d.turns
             if speaker == persona_chat.SPEAKER
         ]
@@ -512,7 +562,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         guard = report["damage_guard"]
         parts += [
             "## Damage guard: Synthetic-Persona-Chat perplexity (persona as the card)\n",
-            "User 2's last turn of held-out dialogues under each character's adapter: an "
+            "User 2's middle turn of held-out dialogues under each character's adapter: an "
             "adapter that broke general dialogue would score worse than the base.\n",
             _table(
                 ["adapter", "perplexity"], [[k, v] for k, v in guard.items() if k != "dialogues"]
@@ -524,7 +574,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         setups = [s for s in PERSONA_SETUPS if s in spc]
         parts += [
             "## Synthetic-Persona-Chat: the persona-injection protocol\n",
-            f"User 2's last turn of {spc['dialogues']} held-out dialogues, given the context: "
+            f"User 2's middle turn of {spc['dialogues']} held-out dialogues, given up to 4 "
+            "turns of context: "
             "`base` without a persona, `persona` with User 2's persona as the card, "
             "`persona_adapter` with that and the adapter `python -m finetune train-persona-chat` "
             "trained on other dialogues. hits@1: the real turn ranked first among "

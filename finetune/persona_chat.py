@@ -56,13 +56,9 @@ def persona_card(persona: str | None, id: str = "persona") -> Character:
     return Character(id=id, name=SPEAKER, description=persona or NO_PERSONA, greeting="Hi!")
 
 
-def next_turn_records(
-    dialogue: Dialogue, *, context_turns: int = 4, last_only: bool = False
-) -> list[dict[str, Any]]:
+def next_turn_records(dialogue: Dialogue, *, context_turns: int = 4) -> list[dict[str, Any]]:
     """User 2's turns that answer something, each with up to `context_turns` turns before it."""
     answers = [i for i, (speaker, _) in enumerate(dialogue.turns) if speaker == SPEAKER and i > 0]
-    if last_only:
-        answers = answers[-1:]
     records = []
     for i in answers:
         context = [
@@ -74,6 +70,7 @@ def next_turn_records(
         records.append(
             {
                 "id": f"row{dialogue.index}-turn{i}",
+                "row": dialogue.index,
                 "turns": context,
                 "reply": dialogue.turns[i][1],
                 "persona": " ".join(dialogue.personas.get(SPEAKER, [])) or NO_PERSONA,

@@ -80,8 +80,8 @@ def test_report_is_written_with_every_section(tmp_path, config, engine):
     for setup in ("base", "persona", "persona_adapter"):
         assert spc_report[setup]["hits_at_1"] in (0.0, 0.5, 1.0)
         assert 0 <= spc_report[setup]["rouge_l"] <= 1
-    # The held-out rows' last turns are the references; row 0 first.
-    assert spc_report["samples"][0]["gold"] == "I have 0 goats (2)."
+    # The held-out rows' middle User 2 turns are the references; row 0 first.
+    assert spc_report["samples"][0]["gold"] == "I have 0 goats (1)."
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "persona-injection protocol" in markdown and "| persona_adapter |" in markdown
     assert "## Headline" in markdown and "| card_adapter |" in markdown
