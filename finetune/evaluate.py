@@ -66,8 +66,8 @@ RETRIEVED_EXAMPLES = 4
 
 @dataclass(frozen=True)
 class EvalOptions:
-    # Generation dominates the run time (~1000-token prompts, 5 set-ups): 8 prompts and up to 10
-    # probes per character take about 15 minutes on a 2-core CPU.
+    # Running ~1000-token prompts dominates: these defaults take about 14 minutes on a 2-core
+    # CPU (the phases' seconds are in report.json).
     prompts: int = 8  # held-out prompts per character
     probes: int = 10  # rule probes per character
     likelihood_lines: int = 20  # held-out lines scored under every adapter
