@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from bot.__main__ import run_console, setup_logging
-from bot.config import PROJECT_ROOT, ConfigError, load_config
+from bot.characters import Character
+from bot.config import PROJECT_ROOT, Config, ConfigError, load_config
 from finetune.recipe import Recipe, RecipeError, load_recipe
 
 log = logging.getLogger("finetune")
@@ -255,7 +256,7 @@ def command_train(args: argparse.Namespace) -> int:
     character = CharacterRegistry.load(config.characters_path).get(args.character)
     folder = config.characters_path / character.id
     data_dir, out_dir = args.data or folder / "data", args.out or folder / "adapter"
-    return run_training(args, character, data_dir=data_dir, out_dir=out_dir)
+    return run_training(args, character, config, data_dir=data_dir, out_dir=out_dir)
 
 
 def command_train_persona_chat(args: argparse.Namespace) -> int:
@@ -264,17 +265,20 @@ def command_train_persona_chat(args: argparse.Namespace) -> int:
 
     if not args.spc.exists():
         raise TrainError(f"{args.spc}: no Synthetic-Persona-Chat CSV there (give one with --spc)")
-    data_dir = load_config().data_path / ADAPTER_ID
+    config = load_config()
+    data_dir = config.data_path / ADAPTER_ID
     training_files(args.spc, data_dir, dialogues=args.dialogues)
-    return run_training(args, persona_card(None, ADAPTER_ID), data_dir=data_dir, out_dir=args.out)
+    card = persona_card(None, ADAPTER_ID)
+    return run_training(args, card, config, data_dir=data_dir, out_dir=args.out)
 
 
-def run_training(args: argparse.Namespace, character, *, data_dir: Path, out_dir: Path) -> int:
+def run_training(
+    args: argparse.Namespace, character: Character, config: Config, *, data_dir: Path, out_dir: Path
+) -> int:
     from finetune.train import train
 
     overrides = {name: getattr(args, name) for name in Recipe.model_fields}
     recipe = load_recipe(args.recipe, **overrides)
-    config = load_config()
     result = train(
         character,
         data_dir=data_dir,

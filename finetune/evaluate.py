@@ -448,15 +448,11 @@ def persona_protocol(
 
     # Candidates: the real turn first, then distractors drawn (seeded) from other dialogues.
     rng = random.Random(options.seed)
+    speaker = persona_chat.SPEAKER
+    pool_turns = [(d.index, text) for d in pool for who, text in d.turns if who == speaker]
     candidates = []
     for record in records:
-        others = [
-            text
-            for d in pool
-            if d.index != record["row"]
-            for speaker, text in d.turns
-            if speaker == persona_chat.SPEAKER
-        ]
+        others = [text for row, text in pool_turns if row != record["row"]]
         candidates.append([record["reply"], *rng.sample(others, options.candidates - 1)])
     gold = [r["reply"] for r in records]
     batch = options.batch_size

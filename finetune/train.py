@@ -16,6 +16,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,50 +188,48 @@ def token_losses(
 
 
 @torch.no_grad()
+def _eval_batches(
+    model: Any, examples: list[EncodedExample], recipe: Recipe, device: str
+) -> Iterator[tuple[list[EncodedExample], torch.Tensor, torch.Tensor]]:
+    """(batch, its target tokens' losses, the row of each) for every batch, in eval mode."""
+    training = model.training
+    model.eval()
+    prefixes = PrefixCache(model, device=device)  # exact: computed with today's weights
+    try:
+        for batch in make_batches(examples, recipe.batch_size, 0, by_prefix=recipe.share_prefix):
+            losses, rows = token_losses(
+                model,
+                batch,
+                share_prefix=recipe.share_prefix,
+                device=device,
+                prefix_state=prefixes.get(batch) if recipe.share_prefix else None,
+            )
+            yield batch, losses, rows
+    finally:
+        model.train(training)
+
+
 def evaluate(model: Any, examples: list[EncodedExample], recipe: Recipe, device: str) -> float:
     """Mean loss per target token over `examples` (nan when there are none)."""
     if not examples:
         return math.nan
-    training = model.training
-    model.eval()
     total, count = 0.0, 0
-    prefixes = PrefixCache(model, device=device)  # exact: computed with today's weights
-    for batch in make_batches(examples, recipe.batch_size, 0, by_prefix=recipe.share_prefix):
-        loss, n = batch_loss(
-            model,
-            batch,
-            share_prefix=recipe.share_prefix,
-            device=device,
-            prefix_state=prefixes.get(batch) if recipe.share_prefix else None,
-        )
-        total, count = total + float(loss), count + n
-    model.train(training)
+    for _, losses, _ in _eval_batches(model, examples, recipe, device):
+        total, count = total + float(losses.sum()), count + losses.numel()
     return total / max(count, 1)
 
 
-@torch.no_grad()
 def example_losses(
     model: Any, examples: list[EncodedExample], recipe: Recipe, device: str
 ) -> list[float]:
     """Mean loss per target token of each example, in the order given."""
-    training = model.training
-    model.eval()
     index = {id(e): i for i, e in enumerate(examples)}
     result = [math.nan] * len(examples)
-    prefixes = PrefixCache(model, device=device)
-    for batch in make_batches(examples, recipe.batch_size, 0, by_prefix=recipe.share_prefix):
-        losses, rows = token_losses(
-            model,
-            batch,
-            share_prefix=recipe.share_prefix,
-            device=device,
-            prefix_state=prefixes.get(batch) if recipe.share_prefix else None,
-        )
+    for batch, losses, rows in _eval_batches(model, examples, recipe, device):
         sums = torch.zeros(len(batch)).index_add_(0, rows.cpu(), losses.cpu())
         counts = torch.bincount(rows.cpu(), minlength=len(batch)).clamp(min=1)
         for example, mean in zip(batch, (sums / counts).tolist(), strict=True):
             result[index[id(example)]] = mean
-    model.train(training)
     return result
 
 
