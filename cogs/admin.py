@@ -12,6 +12,7 @@ from bot.characters import UnknownCharacter
 from bot.discord_app.autocomplete import character_choices
 from bot.discord_app.client import CharacterBot
 from bot.engine import AdapterError
+from bot.postprocess import DISCORD_MESSAGE_LIMIT
 
 
 class Admin(commands.Cog):
@@ -66,23 +67,30 @@ class Admin(commands.Cog):
     @app_commands.command(name="status", description="Model, adapters, queue and Redis health")
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.checks.has_permissions(manage_guild=True)
+    @app_commands.guild_only()
     async def status(self, interaction: discord.Interaction) -> None:
-        services = self.bot.services
-        engine = services.engine
-        redis_ok = await services.redis.ping()
-        adapters = ", ".join(sorted(engine.adapters)) or "none"
+        # Answers within Discord's 3-second deadline: Redis gets half a second to PING.
+        status = await self.bot.services.status(redis_timeout=0.5)
         uptime = int(time.monotonic() - self.started)
+        redis = "ok" if status.redis_ok else f"NOT reachable ({status.redis_error or 'no answer'})"
+        if status.redis_restarts:
+            redis += f", restarted {status.redis_restarts}x"
         lines = [
-            f"**Model**: {engine.model_name} on {engine.device}, "
-            f"quantization {engine.quantization}",
-            f"**Adapters loaded**: {adapters}",
-            f"**Characters**: {len(services.registry)}",
-            f"**Queue**: {services.batcher.queue_depth} waiting, "
-            f"{services.batcher.batches_run} batches run",
-            f"**Redis**: {'ok' if redis_ok else 'NOT reachable'} ({services.redis.description})",
+            f"**Model**: {status.model} on {status.device}, quantization {status.quantization}",
+            f"**Adapters loaded**: {', '.join(status.adapters) or 'none'}",
+            *(
+                f"**Adapter refused**: {cid} answers with the base model: {why}"
+                for cid, why in sorted(status.adapter_failures.items())
+            ),
+            f"**Characters**: {status.characters}",
+            f"**Queue**: {status.queue_depth} waiting, {status.batches_run} batches run",
+            f"**Redis**: {redis} ({status.redis_description})",
             f"**Uptime**: {uptime // 3600}h {uptime % 3600 // 60}m",
         ]
-        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+        text = "\n".join(lines)
+        if len(text) > DISCORD_MESSAGE_LIMIT:
+            text = text[: DISCORD_MESSAGE_LIMIT - 1] + "…"
+        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: CharacterBot) -> None:

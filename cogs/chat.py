@@ -1,4 +1,9 @@
-"""Characters answer messages: mentions, `@name` in text, and replies to their messages."""
+"""Characters answer messages: mentions, `@name` in text, replies to their messages, and DMs.
+
+Every message meant for a character gets the character's reply or one clear notice (at most one
+per user per notice window, so spam is not answered with spam); history and presence are
+written only for what was actually posted.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,45 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import AsyncIterator, Hashable
 
 import discord
 from discord.ext import commands
 
 from bot.characters import Character
 from bot.discord_app.client import CharacterBot
-from bot.discord_app.limits import ChannelQueue, Cooldown
-from bot.discord_app.speaker import NO_PINGS, LiveReply
-from bot.routing import route_message
+from bot.discord_app.limits import ChannelQueue, Cooldown, NoticeThrottle
+from bot.discord_app.notices import MEMORY_DOWN, STORE_ERRORS
+from bot.discord_app.speaker import (
+    DELIVERY_ERRORS,
+    NO_PINGS,
+    LiveReply,
+    SendFailed,
+    describe,
+)
+from bot.postprocess import split_message
+from bot.routing import addressed_by_text, route_message
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 20
+NOTICE_INTERVAL_SECONDS = 10.0  # at least this long between two notices to one user
+
+
+@contextlib.asynccontextmanager
+async def typing_indicator(channel: discord.abc.Messageable) -> AsyncIterator[None]:
+    """Discord's typing indicator, best effort: failing to show it must not stop the reply."""
+    typing = channel.typing()
+    try:
+        await typing.__aenter__()
+    except discord.HTTPException as exc:
+        log.debug("Typing indicator refused in %s: %s", getattr(channel, "id", "?"), exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        await typing.__aexit__(None, None, None)
 
 
 class Chat(commands.Cog):
@@ -27,6 +58,7 @@ class Chat(commands.Cog):
         settings = bot.config.discord
         self.cooldown = Cooldown(settings.user_cooldown_seconds)
         self.queue = ChannelQueue(settings.channel_queue_limit)
+        self.notices = NoticeThrottle(max(settings.user_cooldown_seconds, NOTICE_INTERVAL_SECONDS))
         self._in_flight: set[asyncio.Task] = set()
 
     async def cog_unload(self) -> None:
@@ -38,32 +70,53 @@ class Chat(commands.Cog):
 
     def _text_of(self, message: discord.Message) -> str:
         """The message as the model should read it: mentions as names, the bot's mention gone."""
-        me = message.guild.me
+        me = message.guild.me if message.guild else self.bot.user
         return message.clean_content.replace(f"@{me.display_name}", "").strip()
+
+    def _replies_to_us(self, message: discord.Message) -> bool:
+        resolved = message.reference.resolved if message.reference else None
+        return isinstance(resolved, discord.Message) and bool(
+            resolved.webhook_id or resolved.author == self.bot.user
+        )
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot or message.webhook_id or message.guild is None:
+        if message.author.bot or message.webhook_id:
             return
         services = self.bot.services
+        in_dm = message.guild is None
         channel_id = message.channel.id
-        mentions_bot = self.bot.user in message.mentions
+        # In a DM every message is for the bot, as if it mentioned it.
+        mentions_bot = in_dm or self.bot.user in message.mentions
         reference = message.reference.message_id if message.reference else None
-        state = await services.presence.channel_state(channel_id, reference)
-        if not (mentions_bot or state.replied_to or state.present):
-            return  # nobody here to answer: stay out of ordinary conversation
         text = self._text_of(message)
+        try:
+            state = await services.presence.channel_state(channel_id, reference)
+        except STORE_ERRORS as exc:
+            log.warning("Redis unavailable, message in %s not answered: %r", channel_id, exc)
+            # Only speak up for messages meant for a character, not all channel chatter.
+            if (
+                mentions_bot
+                or self._replies_to_us(message)
+                or any(addressed_by_text(text, c) for c in services.registry)
+            ):
+                await self._notice(message, MEMORY_DOWN, key=("memory", message.author.id))
+            return
+        present = state.present or ([self.bot.config.default_character] if in_dm else [])
+        if not (mentions_bot or state.replied_to or present):
+            return  # nobody here to answer: stay out of ordinary conversation
         route = route_message(
             text,
             registry=services.registry,
-            present=state.present,
+            present=present,
             mentions_bot=mentions_bot,
             reply_to_character=state.replied_to,
             last_speaker=state.last_speaker,
+            suggest=self.bot.config.default_character,
         )
         if route.character is None:
             if route.hint:
-                await self._notice(message, route.hint)
+                await self._notice(message, route.hint, key=("hint", message.author.id))
             return
         character = route.character
         wait = self.cooldown.retry_after(message.author.id)
@@ -72,15 +125,19 @@ class Chat(commands.Cog):
                 message,
                 f"{character.name} is still catching their breath. "
                 f"Try again in {math.ceil(wait)} s.",
+                key=("cooldown", message.author.id),
             )
             return
         if not self.queue.enter(channel_id):
+            # Refused for the channel's sake, not the user's: their cooldown is not used up.
             await self._notice(
                 message,
                 f"{character.name} has a lot of people to answer here right now. "
                 "Ask again in a moment!",
+                key=("busy", message.author.id),
             )
             return
+        self.cooldown.start(message.author.id)
         task = asyncio.current_task()
         self._in_flight.add(task)
         try:
@@ -89,49 +146,102 @@ class Chat(commands.Cog):
             self.queue.leave(channel_id)
             self._in_flight.discard(task)
 
-    async def _notice(self, message: discord.Message, text: str) -> None:
-        await message.reply(text, allowed_mentions=NO_PINGS, mention_author=False)
+    async def _notice(
+        self, message: discord.Message, text: str, *, key: Hashable | None = None
+    ) -> bool:
+        """Tell the author something as the bot (once per `key` per notice window); False if it
+        was throttled or Discord refused it (then it is logged)."""
+        if key is not None and not self.notices.allow(key):
+            log.debug("Notice to %s throttled: %s", message.author.id, text)
+            return False
+        try:
+            await message.reply(text, allowed_mentions=NO_PINGS, mention_author=False)
+        except DELIVERY_ERRORS as exc:
+            # The message may be gone (10008) or replies refused: try without the reference.
+            try:
+                await message.channel.send(text, allowed_mentions=NO_PINGS)
+            except DELIVERY_ERRORS:
+                log.error("Notice could not be posted in %s: %s", message.channel.id, describe(exc))
+                return False
+        return True
 
     async def _answer(self, message: discord.Message, character: Character, text: str) -> None:
         services = self.bot.services
+        speaker = self.bot.speaker
         channel = message.channel
-        author = message.author.display_name
         live = None
         if self.bot.config.discord.streaming:
             live = LiveReply(
-                self.bot.speaker,
+                speaker,
                 channel,
                 character,
-                preview=lambda raw: services.chat.clean(character, raw, authors=[author]),
+                preview=lambda raw: services.chat.clean(
+                    character, raw, authors=[message.author.display_name]
+                ),
                 interval=self.bot.config.discord.stream_interval,
             )
         try:
-            async with channel.typing():
-                reply = await services.chat.reply(
+            async with typing_indicator(channel):
+                reply = await services.chat.answer(
                     channel.id,
                     character,
-                    author=author,
+                    author=message.author.display_name,
                     content=text,
                     on_text=live.feed if live else None,
                 )
-        except Exception:
-            log.exception("Reply of %s in channel %s failed", character.id, channel.id)
-            if live:
-                await live.cancel()
-            await self._notice(
-                message, f"{character.name} lost their train of thought. (The error was logged.)"
-            )
-            return
         except asyncio.CancelledError:
             if live:
                 with contextlib.suppress(Exception):
                     await live.cancel()
             raise
-        if live:
-            sent = await live.finish(reply.text)
-        else:
-            sent = await self.bot.speaker.send(channel, character, reply.text)
-        await services.presence.spoke(channel.id, character.id, [m.id for m in sent])
+        except STORE_ERRORS as exc:
+            log.warning(
+                "Redis unavailable, reply of %s in %s dropped: %r", character.id, channel.id, exc
+            )
+            await self._failed(message, live, MEMORY_DOWN)
+            return
+        except Exception:
+            log.exception("Reply of %s in channel %s failed", character.id, channel.id)
+            await self._failed(
+                message,
+                live,
+                f"{character.name} lost their train of thought. (The error was logged.)",
+            )
+            return
+
+        chunks = split_message(reply.text, speaker.limit_for(channel, character))
+        try:
+            sent = await (
+                live.finish(reply.text) if live else speaker.send(channel, character, reply.text)
+            )
+        except SendFailed as exc:
+            sent = exc.sent
+            log.error("Reply of %s in %s not (fully) posted: %s", character.id, channel.id, exc)
+            if not sent:
+                # Nothing was shown, so nothing is remembered; say so if Discord lets us.
+                await self._notice(
+                    message,
+                    f"{character.name}'s answer could not be posted here. Please try again.",
+                )
+                return
+        # Memory holds what the channel shows: the chunks that were posted.
+        shown = reply.text if len(sent) >= len(chunks) else "\n".join(chunks[: len(sent)])
+        try:
+            await services.chat.remember(channel.id, reply, shown)
+            await services.presence.spoke(channel.id, character.id, [m.id for m in sent])
+        except STORE_ERRORS as exc:
+            log.error(
+                "Reply of %s in %s was posted but not remembered (Redis unavailable): %r",
+                character.id,
+                channel.id,
+                exc,
+            )
+
+    async def _failed(self, message: discord.Message, live: LiveReply | None, notice: str) -> None:
+        """Generation failed: a half-streamed message becomes the notice, else post the notice."""
+        if live and await live.cancel(notice):
+            return
+        await self._notice(message, notice)
 
 
 async def setup(bot: CharacterBot) -> None:

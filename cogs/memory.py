@@ -7,8 +7,19 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_app.client import CharacterBot
+from bot.history import Turn
+from bot.postprocess import DISCORD_MESSAGE_LIMIT
 
 HISTORY_SHOWN = 20
+
+
+def history_line(turn: Turn) -> str:
+    """Characters in bold with a mask, people plain with a bust: a member nicknamed "Goku" (or
+    "**Goku**") cannot pass for the character."""
+    content = discord.utils.escape_markdown(turn.content)
+    if turn.role == "character":
+        return f"🎭 **{discord.utils.escape_markdown(turn.author)}**: {content}"
+    return f"👤 {discord.utils.escape_markdown(turn.author)}: {content}"
 
 
 class ConfirmForget(discord.ui.View):
@@ -47,7 +58,6 @@ class Memory(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="forget", description="Clear what the characters remember here")
-    @app_commands.guild_only()
     async def forget(self, interaction: discord.Interaction) -> None:
         count = await self.bot.services.history.count(interaction.channel_id)
         if not count:
@@ -60,21 +70,22 @@ class Memory(commands.Cog):
         )
 
     @app_commands.command(name="history", description="Show what the characters remember here")
-    @app_commands.guild_only()
     async def history(self, interaction: discord.Interaction) -> None:
         turns = await self.bot.services.history.recent(interaction.channel_id)
         if not turns:
             await interaction.response.send_message("Nothing is remembered here.", ephemeral=True)
             return
         shown = turns[-HISTORY_SHOWN:]
-        lines = [f"**{t.author}**: {t.content}" for t in shown]
+        lines = [history_line(t) for t in shown]
         header = f"{len(turns)} turns remembered; the newest {len(shown)}:\n"
         text = header + "\n".join(lines)
-        while len(text) > 2000 and len(lines) > 1:  # keep the newest that fit one message
+        while len(text) > DISCORD_MESSAGE_LIMIT and len(lines) > 1:  # the newest that fit
             lines.pop(0)
             text = header + "\n".join(lines)
         await interaction.response.send_message(
-            text[:2000], ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            text[:DISCORD_MESSAGE_LIMIT],
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
         )
 
 

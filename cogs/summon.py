@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -9,6 +11,9 @@ from discord.ext import commands
 from bot.characters import UnknownCharacter
 from bot.discord_app.autocomplete import character_choices
 from bot.discord_app.client import CharacterBot
+from bot.discord_app.speaker import SendFailed
+
+log = logging.getLogger(__name__)
 
 
 class Summon(commands.Cog):
@@ -33,7 +38,6 @@ class Summon(commands.Cog):
     @app_commands.command(name="summon", description="Bring a character into this channel")
     @app_commands.describe(character="Who to summon (start typing a name)")
     @app_commands.autocomplete(character=all_characters)
-    @app_commands.guild_only()
     async def summon(self, interaction: discord.Interaction, character: str) -> None:
         try:
             chosen = self.services.registry.get(character)
@@ -47,19 +51,33 @@ class Summon(commands.Cog):
                 ephemeral=True,
             )
             return
-        await interaction.response.send_message(
-            f"{chosen.name} joins the channel. Talk with `@{chosen.id} ...`, "
-            "by mentioning me, or by replying to them.",
-            ephemeral=True,
-        )
-        greeting = await self.services.chat.greet(channel.id, chosen)
-        messages = await self.bot.speaker.send(channel, chosen, greeting)
+        if interaction.guild is None:
+            how = f"{chosen.name} joins this chat; they answer everything you write here."
+        else:
+            how = (
+                f"{chosen.name} joins the channel. Talk with `@{chosen.id} ...`, "
+                "by mentioning me, or by replying to them."
+            )
+        await interaction.response.send_message(how, ephemeral=True)
+        try:
+            messages = await self.bot.speaker.send(channel, chosen, chosen.greeting)
+        except SendFailed as exc:
+            messages = exc.sent
+            log.error("Greeting of %s in %s not posted: %s", chosen.id, channel.id, exc)
+            if not messages:
+                await interaction.followup.send(
+                    f"{chosen.name} is here, but their greeting could not be posted "
+                    "(Discord refused it). They will answer when you talk to them.",
+                    ephemeral=True,
+                )
+                return
+        # Remembered only once it was shown: memory and channel agree.
+        await self.services.chat.greet(channel.id, chosen)
         await self.services.presence.spoke(channel.id, chosen.id, [m.id for m in messages])
 
     @app_commands.command(name="dismiss", description="Send a character (or everyone) away")
     @app_commands.describe(character="Who to dismiss; leave empty to dismiss everyone here")
     @app_commands.autocomplete(character=present_characters)
-    @app_commands.guild_only()
     async def dismiss(self, interaction: discord.Interaction, character: str | None = None) -> None:
         channel_id = interaction.channel_id
         present = await self.services.presence.present(channel_id)

@@ -30,6 +30,8 @@ from tests.helpers import make_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a model hub
 
+pytest_plugins = ["tests.bot_fixtures"]  # the Discord bot fixtures (characters_dir, bot, fake...)
+
 
 # -- Redis ------------------------------------------------------------------------------------
 

@@ -12,6 +12,10 @@ makes is recorded for the tests to inspect; a route the fake does not know fails
     await fake.slash("summon", character="goku")
     await fake.send_message("hi!", mentions_bot=True)
     fake.channel_messages(fake.channel_id)
+
+Faults: `fake.fail("webhook_send", 500, 0)` makes the next webhook post fail as Discord would
+(after discord.py's own retries); `fake.delete_message(id)` is a moderator deleting a message.
+DMs: `fake.dm_channel_id` is the member's DM with the bot (no guild, no member payloads).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +39,28 @@ EPHEMERAL = 64
 # Tasks discord.py starts for one event; waiting for them means the event was fully handled.
 EVENT_TASKS = ("discord.py:", "CommandTree-invoker", "discord-ui-view-dispatch", "live-reply")
 APP_OPTION_TYPES = {str: 3, int: 4, bool: 5, float: 10}
+# What `fail` can break; "message_delete" covers the bot's and the webhook's delete routes.
+FAULT_OPERATIONS = frozenset(
+    {
+        "webhook_send",
+        "webhook_edit",
+        "webhook_create",
+        "channel_send",
+        "channel_edit",
+        "message_delete",
+    }
+)
+MAX_WEBHOOKS_PER_CHANNEL = 15  # Discord's limit; one more is 400 code 30007
+# What a bot may do in a DM (no server, so no Manage Webhooks).
+DM_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    read_message_history=True,
+    embed_links=True,
+    attach_files=True,
+    add_reactions=True,
+    use_application_commands=True,
+)
 
 
 @dataclass
@@ -46,15 +75,41 @@ def http_error(kind: type[discord.HTTPException], status: int, code: int, messag
     return kind(FakeResponse(status, message), {"code": code, "message": message})
 
 
+def error_for(status: int, code: int, message: str) -> discord.HTTPException:
+    """The exception discord.py raises for this answer once its own retries are used up."""
+    if status == 403:
+        kind = discord.Forbidden
+    elif status == 404:
+        kind = discord.NotFound
+    elif status >= 500:
+        kind = discord.DiscordServerError
+    else:
+        kind = discord.HTTPException
+    return http_error(kind, status, code, message)
+
+
+@dataclass
+class Fault:
+    status: int
+    code: int
+    message: str
+    times: int  # calls that fail
+    after: int  # calls that succeed first
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
 class FakeDiscord:
-    """One server with a text channel, a thread in it, an admin and an ordinary member."""
+    """One server with a text channel, a thread in it, an admin and an ordinary member; the
+    member also has a DM channel with the bot."""
 
-    def __init__(self, *, bot_can_manage_webhooks: bool = True) -> None:
+    def __init__(
+        self, *, bot_can_manage_webhooks: bool = True, bot_can_manage_messages: bool = False
+    ) -> None:
         self.bot_can_manage_webhooks = bot_can_manage_webhooks
+        self.bot_can_manage_messages = bot_can_manage_messages
         self._ids = itertools.count(discord.utils.time_snowflake(datetime.now(UTC)))
         self.guild_id = self.new_id()
         self.channel_id = self.new_id()
@@ -65,6 +120,13 @@ class FakeDiscord:
         self.member_id = self.new_id()
         self.admin_role_id = self.new_id()
         self.bot_role_id = self.new_id()
+        self.dm_channel_id = self.new_id()  # the member's DM with the bot
+        self._dm_channels: dict[int, int] = {self.member_id: self.dm_channel_id}  # user -> DM
+        self._extra_channels: dict[int, str] = {}  # text channels added by `add_channel`
+        self._usernames: dict[int, str] = {}  # users made by `new_user`
+        self._nicks: dict[int, str] = {}
+        self._faults: dict[str, deque[Fault]] = {}
+        self.failed_calls: list[dict] = []  # calls that `fail` made fail, in order
         self.typing_calls = 0
         self._messages: list[dict] = []  # what the bot posted, in order
         self._responses: list[dict] = []  # interaction responses and follow-ups
@@ -117,27 +179,70 @@ class FakeDiscord:
         author_id: int | None = None,
         channel_id: int | None = None,
     ) -> int:
-        """A person posts in the channel; returns the message id."""
+        """A person posts in the channel (or a DM); returns the message id."""
+        payload = self._message_create(content, mentions_bot, reply_to, author_id, channel_id)
+        if self._receives(payload):
+            await self._dispatch("MESSAGE_CREATE", payload)
+        return int(payload["id"])
+
+    async def send_messages_concurrently(self, messages: Iterable[dict[str, Any]]) -> list[int]:
+        """Many people post at once: each dict holds `send_message`'s keyword arguments
+        (`content` included). Every MESSAGE_CREATE is delivered before any handler runs, then
+        this waits until all are handled; returns the message ids in order."""
+        async_context.set(self.adapter)
+        ids = []
+        for kwargs in messages:
+            kwargs = dict(kwargs)
+            payload = self._message_create(
+                kwargs.pop("content"),
+                kwargs.pop("mentions_bot", False),
+                kwargs.pop("reply_to", None),
+                kwargs.pop("author_id", None),
+                kwargs.pop("channel_id", None),
+            )
+            assert not kwargs, f"unknown send_message arguments {sorted(kwargs)}"
+            if self._receives(payload):
+                self.bot._connection.parsers["MESSAGE_CREATE"](payload)
+            ids.append(int(payload["id"]))
+        await self.wait_idle()
+        return ids
+
+    def _receives(self, message: dict) -> bool:
+        """Discord sends a message to a bot only with the intent for where it was posted."""
+        intents = self.bot.intents
+        return intents.guild_messages if "guild_id" in message else intents.dm_messages
+
+    def _message_create(
+        self,
+        content: str,
+        mentions_bot: bool,
+        reply_to: int | None,
+        author_id: int | None,
+        channel_id: int | None,
+    ) -> dict:
         channel_id = channel_id or self.channel_id
-        author_id = author_id or self.member_id
+        dm_user = self._dm_user(channel_id)
+        author_id = author_id or dm_user or self.member_id
+        assert dm_user in (None, author_id), "only the DM's recipient writes in it"
         if mentions_bot:
             content = f"<@{self.bot_user_id}> {content}".rstrip()
         payload = {
             **self._message_base(self.new_id(), channel_id, content),
             "author": self.user_payload(author_id),
-            "member": self.member_payload(author_id, with_user=False),
             "mentions": [self.user_payload(self.bot_user_id)] if mentions_bot else [],
             "type": 19 if reply_to else 0,
         }
+        if dm_user is None:  # Discord sends the author's member only in servers
+            payload["member"] = self.member_payload(author_id, with_user=False)
         if reply_to:
             payload["message_reference"] = {
                 "type": 0,
                 "message_id": str(reply_to),
                 "channel_id": str(channel_id),
-                "guild_id": str(self.guild_id),
             }
-        await self._dispatch("MESSAGE_CREATE", payload)
-        return int(payload["id"])
+            if dm_user is None:
+                payload["message_reference"]["guild_id"] = str(self.guild_id)
+        return payload
 
     async def slash(
         self,
@@ -160,7 +265,13 @@ class FakeDiscord:
         await self._dispatch("INTERACTION_CREATE", self._interaction(2, data, user_id, channel_id))
 
     async def autocomplete(
-        self, command: str, option: str, typed: str, *, user_id: int | None = None
+        self,
+        command: str,
+        option: str,
+        typed: str,
+        *,
+        user_id: int | None = None,
+        channel_id: int | None = None,
     ) -> list[dict]:
         """A person types `typed` into an option; returns the choices the bot offered."""
         data = {
@@ -169,7 +280,7 @@ class FakeDiscord:
             "type": 1,
             "options": [{"name": option, "type": 3, "value": typed, "focused": True}],
         }
-        await self._dispatch("INTERACTION_CREATE", self._interaction(4, data, user_id, None))
+        await self._dispatch("INTERACTION_CREATE", self._interaction(4, data, user_id, channel_id))
         response = self._responses[-1]
         assert response["type"] == 8, response
         return response["choices"]
@@ -192,7 +303,7 @@ class FakeDiscord:
             "application_id": str(self.application_id),
         }
         data = {"custom_id": custom_id, "component_type": 2}
-        user_id = user_id or int(first["member"]["user"]["id"])
+        user_id = user_id or int((first.get("member") or first)["user"]["id"])
         payload = self._interaction(3, data, user_id, int(first["channel_id"]))
         payload["message"] = message
         await self._dispatch("INTERACTION_CREATE", payload)
@@ -201,11 +312,107 @@ class FakeDiscord:
         """Someone deletes the bot's webhooks in the server settings."""
         self._webhooks.clear()
 
+    def delete_message(self, message_id: int) -> None:
+        """A moderator deletes a message the bot posted: later edits and deletes get 404 10008.
+        (The MESSAGE_DELETE event is not delivered: the bot does not listen for it.)"""
+        self._message(message_id)["deleted"] = True
+
+    def set_nickname(self, user_id: int, nick: str | None) -> None:
+        """A member's server nickname (their display name), in every later payload. The bot's
+        own nickname reaches its member cache at once, as Discord's GUILD_MEMBER_UPDATE does."""
+        if nick is None:
+            self._nicks.pop(user_id, None)
+        else:
+            self._nicks[user_id] = nick
+        if user_id == self.bot_user_id and self.bot is not None:
+            payload = {**self.member_payload(user_id), "guild_id": str(self.guild_id)}
+            self.bot._connection.parsers["GUILD_MEMBER_UPDATE"](payload)
+
+    def new_user(self, username: str | None = None, *, nick: str | None = None) -> int:
+        """Another member of the server; returns their id (any unknown id also works)."""
+        user_id = self.new_id()
+        self._usernames[user_id] = username or f"user{len(self._usernames) + 1}"
+        if nick is not None:
+            self._nicks[user_id] = nick
+        return user_id
+
+    def add_channel(self, name: str | None = None) -> int:
+        """A new text channel in the server (delivered as CHANNEL_CREATE once logged in)."""
+        channel_id = self.new_id()
+        self._extra_channels[channel_id] = name or f"channel-{len(self._extra_channels) + 2}"
+        if self.bot is not None:
+            self.bot._connection.parsers["CHANNEL_CREATE"](self._channel_payload(channel_id))
+        return channel_id
+
+    def dm_channel_of(self, user_id: int) -> int:
+        """The DM channel between `user_id` and the bot (made on first use)."""
+        if user_id not in self._dm_channels:
+            self._dm_channels[user_id] = self.new_id()
+        return self._dm_channels[user_id]
+
+    def _dm_user(self, channel_id: int) -> int | None:
+        """The recipient when `channel_id` is a DM with the bot, else None."""
+        for user_id, dm_id in self._dm_channels.items():
+            if dm_id == channel_id:
+                return user_id
+        return None
+
+    # -- faults -----------------------------------------------------------------------------------
+
+    def fail(
+        self,
+        operation: str,
+        status: int,
+        code: int,
+        message: str = "Injected failure",
+        *,
+        times: int = 1,
+        after: int = 0,
+    ) -> None:
+        """Make the next `times` calls of `operation` fail with `status`/`code`, after `after`
+        calls that succeed. The error is what discord.py raises once its own retries are spent:
+        403 Forbidden, 404 NotFound, 5xx DiscordServerError, anything else HTTPException.
+        Faults for one operation queue up in the order given."""
+        assert operation in FAULT_OPERATIONS, f"unknown operation {operation!r}"
+        assert times >= 1 and after >= 0
+        self._faults.setdefault(operation, deque()).append(
+            Fault(status, code, message, times, after)
+        )
+
+    def _check_fault(self, operation: str, path: str) -> None:
+        faults = self._faults.get(operation)
+        if not faults:
+            return
+        fault = faults[0]
+        if fault.after:
+            fault.after -= 1
+            return
+        fault.times -= 1
+        if fault.times == 0:
+            faults.popleft()
+        self.failed_calls.append(
+            {"operation": operation, "path": path, "status": fault.status, "code": fault.code}
+        )
+        raise error_for(fault.status, fault.code, fault.message)
+
     # -- what the bot did -----------------------------------------------------------------------
 
-    def channel_messages(self, channel_id: int | None = None) -> list[dict]:
-        """Messages the bot posted (as itself or through webhooks), oldest first."""
-        return [m for m in self._messages if channel_id is None or m["channel_id"] == channel_id]
+    def channel_messages(
+        self, channel_id: int | None = None, *, include_deleted: bool = False
+    ) -> list[dict]:
+        """Messages the bot posted (as itself or through webhooks), oldest first; deleted ones
+        (by the bot or a moderator) only with `include_deleted`."""
+        return [
+            m
+            for m in self._messages
+            if (channel_id is None or m["channel_id"] == channel_id)
+            and (include_deleted or not m["deleted"])
+        ]
+
+    @staticmethod
+    def visible_text(message: dict) -> str:
+        """What a message shows now: its last edit, else what was posted."""
+        return message["edits"][-1] if message["edits"] else message["content"]
 
     def interaction_responses(self) -> list[dict]:
         return list(self._responses)
@@ -221,6 +428,7 @@ class FakeDiscord:
             self.admin_id: "Admin",
             self.member_id: "Member",
         }
+        names.update(self._usernames)
         return {
             "id": str(user_id),
             "username": names.get(user_id, f"user{user_id % 1000}"),
@@ -238,7 +446,7 @@ class FakeDiscord:
             "deaf": False,
             "mute": False,
             "flags": 0,
-            "nick": None,
+            "nick": self._nicks.get(user_id),
         }
         if with_user:
             payload["user"] = self.user_payload(user_id)
@@ -258,6 +466,7 @@ class FakeDiscord:
                 embed_links=True,
                 send_messages_in_threads=True,
                 manage_webhooks=self.bot_can_manage_webhooks,
+                manage_messages=self.bot_can_manage_messages,
             )
         return member
 
@@ -274,12 +483,13 @@ class FakeDiscord:
             "flags": 0,
         }
 
-    def _channel_payload(self) -> dict:
+    def _channel_payload(self, channel_id: int | None = None) -> dict:
+        channel_id = channel_id or self.channel_id
         return {
-            "id": str(self.channel_id),
+            "id": str(channel_id),
             "type": 0,
             "guild_id": str(self.guild_id),
-            "name": "general",
+            "name": self._extra_channels.get(channel_id, "general"),
             "position": 0,
             "permission_overwrites": [],
             "nsfw": False,
@@ -333,7 +543,10 @@ class FakeDiscord:
             "large": False,
             "unavailable": False,
             "members": [self.member_payload(self.bot_user_id)],
-            "channels": [self._channel_payload()],
+            "channels": [
+                self._channel_payload(),
+                *(self._channel_payload(c) for c in self._extra_channels),
+            ],
             "threads": [self._thread_payload()],
             "voice_states": [],
             "presences": [],
@@ -348,8 +561,17 @@ class FakeDiscord:
             "afk_timeout": 300,
         }
 
-    def _message_base(self, message_id: int, channel_id: int, content: str) -> dict:
+    def _dm_channel_payload(self, channel_id: int) -> dict:
         return {
+            "id": str(channel_id),
+            "type": 1,
+            "last_message_id": None,
+            "flags": 0,
+            "recipients": [self.user_payload(self._dm_user(channel_id))],
+        }
+
+    def _message_base(self, message_id: int, channel_id: int, content: str) -> dict:
+        base = {
             "id": str(message_id),
             "channel_id": str(channel_id),
             "guild_id": str(self.guild_id),
@@ -367,35 +589,54 @@ class FakeDiscord:
             "type": 0,
             "flags": 0,
         }
+        if self._dm_user(channel_id) is not None:
+            del base["guild_id"]  # DM messages carry no guild
+        return base
 
     def _interaction(self, kind: int, data: dict, user_id: int | None, channel_id: int | None):
-        user_id = user_id or self.member_id
         channel_id = channel_id or self.channel_id
-        channel = (
-            self._thread_payload() if channel_id == self.thread_id else self._channel_payload()
-        )
+        dm_user = self._dm_user(channel_id)
+        user_id = user_id or dm_user or self.member_id
         payload = {
             "id": str(self.new_id()),
             "application_id": str(self.application_id),
             "type": kind,
             "token": f"interaction-token-{self.new_id()}",
             "version": 1,
-            "guild_id": str(self.guild_id),
             "channel_id": str(channel_id),
-            "channel": channel,
-            "member": {
-                **self.member_payload(user_id),
-                "permissions": str(self._permissions(user_id).value),
-            },
-            "app_permissions": str(self._permissions(self.bot_user_id).value),
             "locale": "en-US",
-            "guild_locale": "en-US",
             "entitlements": [],
-            "authorizing_integration_owners": {"0": str(self.guild_id)},
-            "context": 0,
             "attachment_size_limit": 10 * 1024 * 1024,
             "data": data,
         }
+        if dm_user is not None:
+            # In the bot's DM: no guild, `user` instead of `member`, context 1 (BOT_DM).
+            assert user_id == dm_user, "only the DM's recipient runs commands in it"
+            payload |= {
+                "channel": self._dm_channel_payload(channel_id),
+                "user": self.user_payload(user_id),
+                "app_permissions": str(DM_PERMISSIONS.value),
+                "authorizing_integration_owners": {"0": "0"},
+                "context": 1,
+            }
+        else:
+            channel = (
+                self._thread_payload()
+                if channel_id == self.thread_id
+                else self._channel_payload(channel_id)
+            )
+            payload |= {
+                "guild_id": str(self.guild_id),
+                "channel": channel,
+                "member": {
+                    **self.member_payload(user_id),
+                    "permissions": str(self._permissions(user_id).value),
+                },
+                "app_permissions": str(self._permissions(self.bot_user_id).value),
+                "guild_locale": "en-US",
+                "authorizing_integration_owners": {"0": str(self.guild_id)},
+                "context": 0,
+            }
         self._interactions[payload["token"]] = payload
         return payload
 
@@ -412,6 +653,9 @@ class FakeDiscord:
                 "reference": (payload.get("message_reference") or {}).get("message_id"),
                 "edits": [],
                 "thread_id": None,
+                "webhook_id": None,
+                "deleted": False,
+                "posted_at": time.perf_counter(),  # for latency figures (load tests)
                 **fields,
             }
         )
@@ -420,9 +664,14 @@ class FakeDiscord:
             "author": self.user_payload(self.bot_user_id),
         }
 
-    def _message(self, message_id: int) -> dict:
+    def _message(self, message_id: int, *, webhook_id: int | None = None) -> dict:
+        """A live message (of that webhook, when given), else Discord's 404 10008."""
         for message in self._messages:
-            if message["id"] == message_id:
+            if (
+                message["id"] == message_id
+                and not message["deleted"]
+                and (webhook_id is None or message["webhook_id"] == webhook_id)
+            ):
                 return message
         raise http_error(discord.NotFound, 404, 10008, "Unknown Message")
 
@@ -448,12 +697,28 @@ class FakeDiscord:
         if match := re.fullmatch(r"/channels/(\d+)/typing", path):
             self.typing_calls += 1
             return None
+        if route.method == "POST" and path == "/users/@me/channels":
+            # create_dm: the DM channel with that user.
+            return self._dm_channel_payload(self.dm_channel_of(int(body["recipient_id"])))
         if match := re.fullmatch(r"/channels/(\d+)/messages", path):
             assert route.method == "POST" and not files, (route.method, path)
+            self._check_fault("channel_send", path)
             return self._posted(int(match[1]), body, via="http", username=None, avatar_url=None)
         if match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path):
+            message = self._message(int(match[2]))
+            if route.method == "DELETE":
+                self._check_fault("message_delete", path)
+                if message["via"] != "http" and not self.bot_can_manage_messages:
+                    raise http_error(discord.Forbidden, 403, 50013, "Missing Permissions")
+                message["deleted"] = True
+                return None
             assert route.method == "PATCH", (route.method, path)
-            self._message(int(match[2]))["edits"].append(body["content"])
+            self._check_fault("channel_edit", path)
+            if message["via"] != "http":
+                raise http_error(
+                    discord.Forbidden, 403, 50005, "Cannot edit a message authored by another user"
+                )
+            message["edits"].append(body["content"])
             return {
                 **self._message_base(int(match[2]), int(match[1]), body["content"]),
                 "author": self.user_payload(self.bot_user_id),
@@ -462,8 +727,14 @@ class FakeDiscord:
             channel_id = int(match[1])
             if route.method == "GET":
                 return [w for w in self._webhooks.values() if w["channel_id"] == str(channel_id)]
+            self._check_fault("webhook_create", path)
             if not self.bot_can_manage_webhooks:
                 raise http_error(discord.Forbidden, 403, 50013, "Missing Permissions")
+            in_channel = [w for w in self._webhooks.values() if w["channel_id"] == str(channel_id)]
+            if len(in_channel) >= MAX_WEBHOOKS_PER_CHANNEL:
+                raise http_error(
+                    discord.HTTPException, 400, 30007, "Maximum number of webhooks reached (15)"
+                )
             webhook_id = self.new_id()
             webhook = {
                 "id": str(webhook_id),
@@ -547,13 +818,20 @@ class FakeDiscord:
             kind = "followup" if route.method == "POST" else "edit"
             new_id = self._respond(kind, token, payload)
             return self._interaction_message(token, new_id, payload)
+        operation = {"POST": "webhook_send", "PATCH": "webhook_edit", "DELETE": "message_delete"}
+        self._check_fault(
+            operation[route.method], f"/webhooks/{webhook_id}/<token>{path[match.end(2) :]}"
+        )
         webhook = self._webhooks.get(webhook_id)
         if webhook is None or webhook["token"] != token:
             raise http_error(discord.NotFound, 404, 10015, "Unknown Webhook")
         thread_id = int(params["thread_id"]) if params and "thread_id" in params else None
         channel_id = thread_id or int(webhook["channel_id"])
+        if route.method == "DELETE" and message_id:
+            self._message(int(message_id), webhook_id=webhook_id)["deleted"] = True
+            return None
         if route.method == "PATCH" and message_id:
-            message = self._message(int(message_id))
+            message = self._message(int(message_id), webhook_id=webhook_id)
             message["edits"].append(payload["content"])
             content = payload["content"]
         elif route.method == "POST" and message_id is None:
@@ -564,6 +842,7 @@ class FakeDiscord:
                 username=payload.get("username"),
                 avatar_url=payload.get("avatar_url"),
                 thread_id=thread_id,
+                webhook_id=webhook_id,
             )
             message_id, content = message["id"], message["content"]
         else:

@@ -51,6 +51,11 @@ def test_secrets_do_not_appear_in_repr(tmp_path):
         ),
         ("history:\n  max_turns: lots\n", "config.yaml: history.max_turns = 'lots' is not allowed"),
         ("gneration:\n  seed: 1\n", "config.yaml: unknown key 'gneration'"),
+        (
+            "redis:\n  key_prefix: 'my bot:1'\n",
+            "config.yaml: redis.key_prefix = 'my bot:1' is not allowed: String should match "
+            "pattern",
+        ),
     ],
 )
 def test_bad_value_gives_one_line_naming_key_value_and_allowed(tmp_path, text, expected):

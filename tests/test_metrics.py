@@ -115,6 +115,15 @@ def test_encoder_shape_norm_and_cache(encoder):
     assert load_encoder() is encoder
 
 
+def test_encoder_cache_is_bounded_and_optional(encoder):
+    small = SentenceEncoder(encoder.model_path, max_cached=2)
+    first = small.encode(["one", "two", "three"])
+    assert list(small._cache) == ["two", "three"]  # least recently used dropped
+    assert torch.equal(small.encode(["one"])[0], first[0])  # recomputed the same
+    small.encode(["a message seen once"], cache=False)
+    assert "a message seen once" not in small._cache and len(small._cache) == 2
+
+
 def test_encoder_similarity(encoder):
     assert encoder.mean_similarity(["I'm hungry."], ["I'm hungry."]) == pytest.approx(1.0, abs=1e-5)
     ramen, favorite, stocks = encoder.encode(

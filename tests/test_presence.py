@@ -1,6 +1,6 @@
 import pytest
 
-from bot.discord_app.limits import ChannelQueue, Cooldown
+from bot.discord_app.limits import ChannelQueue, Cooldown, NoticeThrottle
 from bot.presence import ChannelState, PresenceStore
 
 
@@ -50,9 +50,30 @@ async def test_presence_survives_a_new_store(presence, redis_connection, key_pre
 def test_cooldown():
     cooldown = Cooldown(3)
     assert cooldown.retry_after(1, now=100) == 0
+    assert cooldown.retry_after(1, now=100.5) == 0  # asking does not start the cooldown
+    cooldown.start(1, now=100)
     assert cooldown.retry_after(1, now=101) == pytest.approx(2)
     assert cooldown.retry_after(2, now=101) == 0  # per user
     assert cooldown.retry_after(1, now=103.5) == 0
+
+
+def test_cooldown_map_stays_bounded():
+    cooldown = Cooldown(3)
+    for user in range(10_000):
+        cooldown.start(user, now=float(user))  # one new user a second, for hours
+    assert len(cooldown) <= 4  # only users still cooling down are kept
+    assert cooldown.retry_after(9_999, now=10_000.0) == pytest.approx(2)
+
+
+def test_notice_throttle_once_per_window_and_bounded():
+    throttle = NoticeThrottle(10)
+    assert throttle.allow("u1", now=0)
+    assert not throttle.allow("u1", now=5)
+    assert throttle.allow("u2", now=5)  # per key
+    assert throttle.allow("u1", now=10.5)
+    for n in range(1000):
+        throttle.allow(n, now=100.0 + n)
+    assert len(throttle) <= 11
 
 
 def test_channel_queue():

@@ -128,6 +128,7 @@ def test_mask_url(url, masked):
 
 async def test_shared_connection_answers(redis_connection):
     assert await redis_connection.ping()
+    assert redis_connection.health.ok and redis_connection.health.error is None
     url = os.environ.get("REDIS_URL")
     if url:
         assert not redis_connection.embedded

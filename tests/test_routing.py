@@ -43,6 +43,13 @@ def test_bot_mention_with_nobody_here_gives_a_hint(registry):
     assert result.hint == "No character is in this channel yet. Try `/summon naruto`."
 
 
+def test_hint_suggests_the_default_character_not_the_first_one(registry):
+    result = route(registry, "anyone here?", mentions_bot=True, present=[], suggest="vegeta")
+    assert result.hint == "No character is in this channel yet. Try `/summon vegeta`."
+    unknown = route(registry, "anyone here?", mentions_bot=True, present=[], suggest="nobody")
+    assert unknown.hint == "No character is in this channel yet. Try `/summon goku`."
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

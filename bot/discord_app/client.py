@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Config, ConfigError
+from bot.discord_app.notices import MEMORY_DOWN, STORE_ERRORS
 from bot.discord_app.speaker import NO_PINGS, Speaker
 from bot.services import Services, open_services
 
@@ -24,6 +25,7 @@ def bot_intents() -> discord.Intents:
     intents = discord.Intents.none()
     intents.guilds = True
     intents.guild_messages = True
+    intents.dm_messages = True  # characters talk in DMs too
     intents.message_content = True  # privileged: enable it in the developer portal
     return intents
 
@@ -65,16 +67,24 @@ class CharacterBot(commands.Bot):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         """One place for slash-command errors: a sentence for the user, the traceback for logs."""
+        original = getattr(error, "original", error)
         if isinstance(error, app_commands.CheckFailure):
             message = str(error) or "You can't use this command here."
+        elif isinstance(original, STORE_ERRORS):
+            command = interaction.command.qualified_name if interaction.command else "?"
+            log.warning("Command /%s: Redis unavailable: %r", command, original)
+            message = MEMORY_DOWN
         else:
             command = interaction.command.qualified_name if interaction.command else "?"
             log.error("Command /%s failed", command, exc_info=error)
             message = GENERIC_ERROR
-        if interaction.response.is_done():
-            await interaction.followup.send(message, ephemeral=True)
-        else:
-            await interaction.response.send_message(message, ephemeral=True)
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(message, ephemeral=True)
+            else:
+                await interaction.response.send_message(message, ephemeral=True)
+        except discord.HTTPException as exc:  # e.g. the 3-second deadline has passed
+            log.error("Could not tell the user about the failed command: %s", exc)
 
     async def close(self) -> None:
         # Cogs finish or cancel their in-flight replies when unloaded, before Redis closes.

@@ -9,13 +9,16 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, LoraConfig, PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
+from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND, load_peft_weights
 
 from bot.config import Config, GenerationConfig
 from bot.engine.loading import load_base_model
@@ -38,6 +41,99 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 
 class AdapterError(Exception):
     """An adapter that cannot be loaded; the previously loaded one (if any) stays active."""
+
+
+# The weights files peft saves and loads, in the order it looks for them.
+WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
+    r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)"
+)
+
+
+def _read_lora_config(path: Path) -> LoraConfig:
+    config_file = path / "adapter_config.json"
+    if not config_file.exists():
+        raise AdapterError(f"{path}: no adapter_config.json (not a peft adapter folder)")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{config_file}: not valid JSON ({exc})") from None
+    peft_type = data.get("peft_type") if isinstance(data, dict) else None
+    if peft_type != "LORA":
+        # Mixed-character batches and the checks below are LoRA's.
+        raise AdapterError(
+            f'{config_file}: peft_type is {peft_type!r}, only LoRA adapters ("LORA") are '
+            "supported: train a LoRA adapter (python -m finetune train)"
+        )
+    try:
+        return LoraConfig.from_pretrained(str(path))
+    except Exception as exc:  # unknown or ill-typed fields raise many types
+        raise AdapterError(
+            f"{config_file}: not a valid LoRA config ({exc}); save it with peft's save_pretrained"
+        ) from None
+
+
+def _read_weights(path: Path) -> str:
+    """Name of the adapter's weights file, after reading it through: a missing file would make
+    peft ask the hub for a repo named like the folder, a corrupt one fail half-way."""
+    name = next((n for n in WEIGHTS_FILES if (path / n).is_file()), None)
+    if name is None:
+        raise AdapterError(
+            f"no adapter weights ({WEIGHTS_FILES[0]}) in {path}; the folder has only the config: "
+            "copy the weights file next to adapter_config.json or save the adapter again"
+        )
+    try:
+        load_peft_weights(str(path), device="cpu")
+    except Exception as exc:  # safetensors, pickle and torch each raise their own types
+        raise AdapterError(
+            f"{path}: cannot load adapter: {name} is unreadable (corrupt or not a weights file: "
+            f"{exc}); save or copy the adapter again"
+        ) from None
+    return name
+
+
+def _load_failure(weights_file: Path, exc: Exception, config: LoraConfig, name: str) -> str:
+    """The AdapterError message for an exception peft raised while loading."""
+    mismatch = _SIZE_MISMATCH.search(str(exc))
+    if mismatch is None:
+        return f"{weights_file.parent}: cannot load adapter: {exc}"
+    key, file_shape, model_shape = mismatch.groups()
+    key = _file_key(key, name)
+    return (
+        f"{weights_file}: tensor shapes do not fit this model: {key} is {file_shape} in the file, "
+        f"{model_shape} here; the adapter was trained for a different base model or with another "
+        f"rank than its adapter_config.json says (r={config.r}): train it again on this base model"
+    )
+
+
+def _base_modules(model: Any) -> list[tuple[str, torch.nn.Module]]:
+    """The base architecture's modules, without the parts of LoRA layers already injected."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    modules = []
+    inside = None  # prefix of the LoRA layer being walked (named_modules is depth-first)
+    for name, module in base.named_modules():
+        if inside is not None and name.startswith(inside):
+            continue
+        if isinstance(module, BaseTunerLayer):
+            inside = f"{name}."
+            module = module.get_base_layer()
+        modules.append((name, module))
+    return modules
+
+
+def _is_adapter_key(key: str, name: str) -> bool:
+    return f".{name}." in key or key.endswith(f".{name}")
+
+
+def _layer_of(key: str, name: str) -> str:
+    """The LoRA layer (module) a state-dict key of adapter `name` belongs to."""
+    return key.split(f".{name}", 1)[0].rpartition(".")[0]
+
+
+def _file_key(key: str, name: str) -> str:
+    """A model state-dict key as the adapter's file writes it (no wrapper prefix, no name)."""
+    return key.removeprefix("base_model.model.").replace(f".{name}.", ".").removesuffix(f".{name}")
 
 
 @dataclass(frozen=True)
@@ -131,6 +227,7 @@ class InferenceEngine:
         # character id -> the peft adapter name currently serving it (changes on reload)
         self._active: dict[str, str] = {}
         self._paths: dict[str, Path] = {}
+        self._failures: dict[str, str] = {}
         self._versions = itertools.count(1)
 
     @classmethod
@@ -152,26 +249,45 @@ class InferenceEngine:
 
     # -- adapters -------------------------------------------------------------------------
 
+    @property
+    def adapter_failures(self) -> dict[str, str]:
+        """Why a character's adapter was last refused: character id -> one-line reason. Set when
+        load_adapter raises, cleared by a successful load or an unload (for /status)."""
+        return dict(self._failures)
+
     def load_adapter(self, character_id: str, path: Path) -> None:
-        """Load (or replace) a character's adapter; on any failure the old one keeps serving."""
-        config_file = path / "adapter_config.json"
-        if not config_file.exists():
-            raise AdapterError(f"{path}: no adapter_config.json (not a peft adapter folder)")
+        """Load (or replace) a character's adapter, strictly: anything peft would load only in
+        part (or not at all) raises AdapterError, the old adapter keeps serving and nothing of
+        the new one stays in the model."""
         try:
-            json.loads(config_file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise AdapterError(f"{config_file}: not valid JSON ({exc})") from None
+            self._load_adapter(character_id, path)
+        except AdapterError as exc:
+            self._failures[character_id] = " ".join(str(exc).split())  # one line for /status
+            raise
+        self._failures.pop(character_id, None)
+
+    def _load_adapter(self, character_id: str, path: Path) -> None:
+        config = _read_lora_config(path)
+        weights_file = _read_weights(path)
+        self._check_targets(config, path)
         name = f"{character_id}@{next(self._versions)}"
         try:
+            config.inference_mode = True
             if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+                self.model.add_adapter(name, config)
             else:
-                self.model = PeftModel.from_pretrained(
-                    self.model, str(path), adapter_name=name, is_trainable=False
-                )
+                # Wrapped the way PeftModel.from_pretrained does, but that one hides load_result.
+                peft_class = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, PeftModel)
+                self.model = peft_class(self.model, config, name)
+            # The adapter is in peft_config already, so this only loads and reports the weights.
+            result = self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            self._check_all_weights_loaded(name, result, path / weights_file)
+        except AdapterError:
+            self._discard(name)
+            raise
         except Exception as exc:  # peft raises many types for a broken adapter
             self._discard(name)
-            raise AdapterError(f"{path}: cannot load adapter: {exc}") from None
+            raise AdapterError(_load_failure(path / weights_file, exc, config, name)) from None
         self.model.eval()
         old = self._active.get(character_id)
         self._active[character_id] = name
@@ -180,20 +296,74 @@ class InferenceEngine:
             self._discard(old)
         log.info("Adapter for %s loaded from %s as %s", character_id, path, name)
 
+    def _check_targets(self, config: LoraConfig, path: Path) -> None:
+        """Refuse an adapter whose target modules name nothing in this model (peft's own error
+        comes after it has started changing the model)."""
+        targets = config.target_modules
+        if targets is None or targets == INCLUDE_LINEAR_LAYERS_SHORTHAND:
+            return  # target_parameters or "all-linear": peft resolves these for any model
+        names = _base_modules(self.model)
+        if any(check_target_module_exists(config, name) for name, _ in names):
+            return
+        shown = sorted(targets) if isinstance(targets, set | list | tuple) else targets
+        linear = dict.fromkeys(
+            n.rpartition(".")[2] for n, m in names if isinstance(m, torch.nn.Linear)
+        )
+        raise AdapterError(
+            f"{path}: adapter_config.json targets modules {shown}, which this model does not "
+            "have: the adapter was made for another architecture. This model's LoRA targets are "
+            f"its linear layers ({', '.join(linear)}): train the adapter on this base model"
+        )
+
+    def _check_all_weights_loaded(self, name: str, result: Any, weights_file: Path) -> None:
+        """Every LoRA layer peft injected must have got its weights from the file, and every
+        tensor in the file must have found its layer; peft only reports both."""
+        unexpected = list(result.unexpected_keys)  # all from this file: it is all peft loaded
+        if unexpected:
+            raise AdapterError(
+                f"{weights_file}: {len(unexpected)} tensor(s) for modules this model does not "
+                f"have (e.g. {_file_key(unexpected[0], name)}): the adapter was made for another "
+                "base model; train it on this one"
+            )
+        # peft filters missing keys by substring ("d" matches every key): match the name exactly.
+        missing = [k for k in result.missing_keys if _is_adapter_key(k, name)]
+        if missing:
+            own = [k for k in self.model.state_dict() if _is_adapter_key(k, name)]
+            layers = {_layer_of(k, name) for k in own}
+            missing_layers = {_layer_of(k, name) for k in missing}
+            raise AdapterError(
+                f"{weights_file}: incomplete adapter: {len(missing_layers)} of {len(layers)} LoRA "
+                f"layers have no weights in the file (e.g. {_file_key(missing[0], name)}); save or "
+                "train the adapter again so that it covers every module its config targets"
+            )
+
     def unload_adapter(self, character_id: str) -> None:
         name = self._active.pop(character_id, None)
         self._paths.pop(character_id, None)
+        self._failures.pop(character_id, None)
         if name is not None:
             self._discard(name)
 
     def _discard(self, name: str) -> None:
-        if not isinstance(self.model, PeftModel) or name not in self.model.peft_config:
+        """Take adapter `name` out of the model, also when a failed load left only layers."""
+        model = self.model
+        if isinstance(model, PeftModel) and name in model.peft_config:
+            if len(model.peft_config) == 1:
+                # peft cannot run with zero adapters: take the LoRA layers out, back to the base.
+                self.model = model.unload()
+            else:
+                model.delete_adapter(name)
             return
-        if len(self.model.peft_config) == 1:
-            # peft cannot run with zero adapters: take the LoRA layers out, back to the base.
-            self.model = self.model.unload()
-        else:
-            self.model.delete_adapter(name)
+        # Injecting failed half-way: peft rolled back its config but left the layers it made.
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        for module_name, module in list(base.named_modules()):
+            if not isinstance(module, BaseTunerLayer):
+                continue
+            if isinstance(model, PeftModel):
+                module.delete_adapter(name)
+            else:  # a bare base model must hold no LoRA layer at all: put the original back
+                parent, _, child = module_name.rpartition(".")
+                setattr(base.get_submodule(parent), child, module.get_base_layer())
 
     def adapter_name(self, adapter: str | None) -> str:
         """The peft adapter name serving a character now (`__base__` if it has none)."""
