@@ -192,5 +192,13 @@ class ChatService:
         await self.history.append(channel_id, turn)
         return character.greeting
 
+    async def remembered(self, channel_id: str | int) -> list[Turn]:
+        """The channel's memory, oldest first (what /history shows)."""
+        return await self.history.recent(channel_id)
+
+    async def remembered_count(self, channel_id: str | int) -> int:
+        return await self.history.count(channel_id)
+
     async def forget(self, channel_id: str | int) -> int:
+        """Clear the channel's memory (the only way it is deleted); returns the turns removed."""
         return await self.history.clear(channel_id)

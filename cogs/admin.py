@@ -6,24 +6,24 @@ import time
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.characters import UnknownCharacter
 from bot.discord_app.autocomplete import character_choices
 from bot.discord_app.client import CharacterBot
+from bot.discord_app.cog import ServicesCog
 from bot.engine import AdapterError
 from bot.postprocess import DISCORD_MESSAGE_LIMIT
 
 
-class Admin(commands.Cog):
+class Admin(ServicesCog):
     def __init__(self, bot: CharacterBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         self.started = time.monotonic()
 
     async def all_characters(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return character_choices(self.bot.services.registry, current)
+        return character_choices(self.services.registry, current)
 
     # default_permissions hides the command from non-admins, but servers can override it,
     # so has_permissions checks again when it runs.
@@ -36,7 +36,7 @@ class Admin(commands.Cog):
     @app_commands.checks.has_permissions(manage_guild=True)
     @app_commands.guild_only()
     async def reload_adapter(self, interaction: discord.Interaction, character: str) -> None:
-        services = self.bot.services
+        services = self.services
         try:
             chosen = services.registry.get(character)
         except UnknownCharacter as exc:
@@ -60,7 +60,7 @@ class Admin(commands.Cog):
         )
 
     def _serving(self, character_id: str) -> str:
-        if character_id in self.bot.services.engine.adapters:
+        if character_id in self.services.engine.adapters:
             return "The previous adapter keeps serving."
         return "The character keeps answering with the base model."
 
@@ -70,7 +70,7 @@ class Admin(commands.Cog):
     @app_commands.guild_only()
     async def status(self, interaction: discord.Interaction) -> None:
         # Answers within Discord's 3-second deadline: Redis gets half a second to PING.
-        status = await self.bot.services.status(redis_timeout=0.5)
+        status = await self.services.status(redis_timeout=0.5)
         uptime = int(time.monotonic() - self.started)
         redis = "ok" if status.redis_ok else f"NOT reachable ({status.redis_error or 'no answer'})"
         if status.redis_restarts:

@@ -18,6 +18,7 @@ from discord.ext import commands
 
 from bot.characters import Character
 from bot.discord_app.client import CharacterBot
+from bot.discord_app.cog import ServicesCog
 from bot.discord_app.limits import ChannelQueue, Cooldown, NoticeThrottle
 from bot.discord_app.notices import MEMORY_DOWN, STORE_ERRORS
 from bot.discord_app.speaker import (
@@ -52,9 +53,9 @@ async def typing_indicator(channel: discord.abc.Messageable) -> AsyncIterator[No
         await typing.__aexit__(None, None, None)
 
 
-class Chat(commands.Cog):
+class Chat(ServicesCog):
     def __init__(self, bot: CharacterBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         settings = bot.config.discord
         self.cooldown = Cooldown(settings.user_cooldown_seconds)
         self.queue = ChannelQueue(settings.channel_queue_limit)
@@ -83,7 +84,7 @@ class Chat(commands.Cog):
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or message.webhook_id:
             return
-        services = self.bot.services
+        services = self.services
         in_dm = message.guild is None
         channel_id = message.channel.id
         # In a DM every message is for the bot, as if it mentioned it.
@@ -166,7 +167,7 @@ class Chat(commands.Cog):
         return True
 
     async def _answer(self, message: discord.Message, character: Character, text: str) -> None:
-        services = self.bot.services
+        services = self.services
         speaker = self.bot.speaker
         channel = message.channel
         live = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.discord_app.client import CharacterBot
+from bot.discord_app.cog import ServicesCog
 from bot.history import Turn
 from bot.postprocess import DISCORD_MESSAGE_LIMIT
 
@@ -53,13 +53,10 @@ class ConfirmForget(discord.ui.View):
         self.stop()
 
 
-class Memory(commands.Cog):
-    def __init__(self, bot: CharacterBot) -> None:
-        self.bot = bot
-
+class Memory(ServicesCog):
     @app_commands.command(name="forget", description="Clear what the characters remember here")
     async def forget(self, interaction: discord.Interaction) -> None:
-        count = await self.bot.services.history.count(interaction.channel_id)
+        count = await self.services.chat.remembered_count(interaction.channel_id)
         if not count:
             await interaction.response.send_message("There is nothing to forget.", ephemeral=True)
             return
@@ -71,7 +68,7 @@ class Memory(commands.Cog):
 
     @app_commands.command(name="history", description="Show what the characters remember here")
     async def history(self, interaction: discord.Interaction) -> None:
-        turns = await self.bot.services.history.recent(interaction.channel_id)
+        turns = await self.services.chat.remembered(interaction.channel_id)
         if not turns:
             await interaction.response.send_message("Nothing is remembered here.", ephemeral=True)
             return

@@ -6,24 +6,18 @@ import logging
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.characters import UnknownCharacter
 from bot.discord_app.autocomplete import character_choices
 from bot.discord_app.client import CharacterBot
+from bot.discord_app.cog import ServicesCog
 from bot.discord_app.speaker import SendFailed
+from bot.postprocess import DISCORD_MESSAGE_LIMIT
 
 log = logging.getLogger(__name__)
 
 
-class Summon(commands.Cog):
-    def __init__(self, bot: CharacterBot) -> None:
-        self.bot = bot
-
-    @property
-    def services(self):
-        return self.bot.services
-
+class Summon(ServicesCog):
     async def all_characters(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
@@ -112,7 +106,8 @@ class Summon(commands.Cog):
             lines.append(
                 f"**{c.name}** (`{c.id}`){here}: {c.description.split('. ')[0].rstrip('.')}."
             )
-        await interaction.response.send_message("\n".join(lines)[:2000], ephemeral=True)
+        text = "\n".join(lines)[:DISCORD_MESSAGE_LIMIT]
+        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: CharacterBot) -> None:
