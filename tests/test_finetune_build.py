@@ -1,20 +1,17 @@
-"""The dataset builder (`python -m finetune build`): parsers, cleaning, examples, split, output.
+"""The dataset builder (`python -m finetune build`): cleaning, examples, split, output.
 
-Small fixtures in tests/fixtures/finetune/ cover every format; the real scripts and the
+The importers of each format are tested in tests/test_sources_<format>.py. Small fixtures in
+tests/fixtures/finetune/ cover every format; the real scripts and the
 Synthetic-Persona-Chat file in ../shared/data are used when that folder exists.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
 import json
 import os
 import random
 import re
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -22,34 +19,24 @@ import yaml
 
 from bot.characters import load_character
 from bot.config import PROJECT_ROOT
-from finetune import cards, cleaning
-from finetune.build import (
-    BuildError,
-    BuildResult,
-    add_build_arguments,
-    run_build,
-    split_examples,
-)
-from finetune.sources import (
-    NARRATOR,
-    ParseOptions,
-    parse_source,
-    renpy_definitions,
+from finetune import cleaning
+from finetune.build import split_examples
+from finetune.sources import NARRATOR
+from tests.finetune_helpers import (
+    FIXTURES,
+    all_examples,
+    build,
+    error_of,
+    read_jsonl,
+    renpy_parse,
 )
 from tests.helpers import write_character
 
-FIXTURES = Path(__file__).parent / "fixtures" / "finetune"
 SHARED = PROJECT_ROOT.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"{SHARED} (real scripts and persona chats) is not on this machine"
 )
 EXAMPLE_KEYS = ["id", "scene", "source", "context", "reply"]
-
-
-def parse_args(*argv: str | Path) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_build_arguments(parser)
-    return parser.parse_args([str(a) for a in argv])
 
 
 @pytest.fixture
@@ -59,274 +46,11 @@ def chars(tmp_path: Path) -> Path:
     return root
 
 
-def build(chars: Path, *sources: str | Path, character: str = "goku", **options) -> BuildResult:
-    argv: list[str | Path] = [*sources, "--character", character, "--characters-dir", chars]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list):
-            for item in value:
-                argv += [flag, item]
-        else:
-            argv += [flag, value]
-    return run_build(parse_args(*argv))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def all_examples(result: BuildResult) -> list[dict]:
-    return read_jsonl(result.train_path) + read_jsonl(result.eval_path)
-
-
 def lines_of(parsed) -> list[tuple[str, str]]:
     return [(ln.speaker, ln.text) for scene in parsed.scenes for ln in scene.lines]
 
 
-def error_of(func, *args, **kwargs) -> str:
-    with pytest.raises(BuildError) as info:
-        func(*args, **kwargs)
-    return str(info.value)
-
-
-# -- parsers ----------------------------------------------------------------------------------
-
-
-def test_transcript_lines_blocks_and_scene_markers():
-    parsed = parse_source(FIXTURES / "transcript.txt", ParseOptions(), "t.txt")
-    assert [[ln.speaker for ln in s.lines] for s in parsed.scenes] == [
-        ["Goku", "Krillin", "Goku", "Krillin", "Goku"],  # `* * *` ends the first scene
-        ["Bulma", "Goku"],  # two blank lines end the second
-        ["Chi-Chi", "Goku"],
-    ]
-    first = parsed.scenes[0].lines
-    # A play-script block (KRILLIN alone, then speech up to the blank line) is one line.
-    assert first[3].text == "Fine, but no Kamehameha this time. I mean it, Goku."
-    assert (first[3].line, first[4].text) == (6, "No promises!")
-    # A line without a name right after a `NAME: text` line continues it.
-    assert parsed.scenes[1].lines[1].text == "Nope! But I found some food in it. Was that bad?"
-    assert {(d.reason, d.line) for d in parsed.dropped} == {
-        ("stage direction", 10),
-        ("not a speaker line (narration or direction)", 13),
-    }
-
-
-def test_subtitles_srt_names_continuations_and_gaps():
-    parsed = parse_source(FIXTURES / "episode.srt", ParseOptions(scene_gap=10), "e.srt")
-    assert [lines_of_scene(s) for s in parsed.scenes] == [
-        [
-            ("Vegeta", "Kakarot!"),
-            ("Goku", "Hey, Vegeta! What's up?"),  # two text lines of one cue
-            ("Vegeta", "We fight. Now."),
-            ("Vegeta", "Right now, I said!"),  # no name: the previous speaker goes on
-        ],
-        [("Bulma", "You two, stop it!"), ("Goku", "Sorry, Bulma!"), ("Vegeta", "Hmph.")],
-    ]
-    # After the 23 s gap a cue without a name has nobody to continue.
-    assert [(d.reason, d.line) for d in parsed.dropped] == [("subtitle without a speaker name", 20)]
-    # A longer allowed gap keeps it in one scene, so the nameless cue is Vegeta's.
-    parsed = parse_source(FIXTURES / "episode.srt", ParseOptions(scene_gap=60), "e.srt")
-    assert len(parsed.scenes) == 1 and parsed.dropped == []
-    assert parsed.scenes[0].lines[4].speaker == "Vegeta"
-
-
-def lines_of_scene(scene) -> list[tuple[str, str]]:
-    return [(ln.speaker, ln.text) for ln in scene.lines]
-
-
-def test_subtitles_ass_name_field_tags_and_order():
-    parsed = parse_source(FIXTURES / "episode.ass", ParseOptions(), "e.ass")
-    assert [lines_of_scene(s) for s in parsed.scenes] == [
-        [
-            ("Gohan", "Dad, are you hungry again?"),  # sorted by start time
-            ("Goku", "I'm starving! Anybody got food?"),  # {\i1} gone, \N a space
-            ("Chi-Chi", "Lunch is ready, you two."),
-        ],
-        [("Gohan", "Much later, Dad."), ("Goku", "Huh, already?")],
-    ]
-    assert [(d.reason, d.line) for d in parsed.dropped] == [("subtitle without a speaker name", 14)]
-
-
-def test_jsonl_qa_pairs_and_chat_scenes():
-    options = ParseOptions(character_name="Goku")
-    qa = parse_source(FIXTURES / "qa.jsonl", options, "qa.jsonl")
-    assert [lines_of_scene(s) for s in qa.scenes] == [
-        [
-            ("User", "What do you eat for breakfast?"),
-            ("Goku", "Everything! Rice, fish, meat, more rice!"),
-        ],
-        [
-            ("User", "Who is your best friend?"),
-            ("Goku", "Krillin, for sure. We trained together as kids."),
-        ],
-    ]
-    assert [s.lines[0].line for s in qa.scenes] == [1, 3]
-    chat = parse_source(FIXTURES / "chat.jsonl", options, "chat.jsonl")
-    assert [s.id for s in chat.scenes] == ["chat.jsonl:training", "chat.jsonl#2"]
-    assert [ln.speaker for ln in chat.scenes[0].lines] == ["Krillin", "Goku", "Krillin", "Goku"]
-    # role user/assistant map to User and the character; the system message is skipped.
-    assert lines_of_scene(chat.scenes[1]) == [
-        ("User", "Hi Goku!"),
-        ("Goku", "Hey there! You look strong!"),
-    ]
-    assert [d.reason for d in chat.dropped] == ["system message"]
-
-
-def test_persona_chat_csv_rows_speakers_and_line_numbers():
-    options = ParseOptions(character_name="Chef", spc_speaker="User 2")
-    parsed = parse_source(FIXTURES / "persona_chat.csv", options, "pc.csv")
-    assert [s.id for s in parsed.scenes] == ["pc.csv#row0", "pc.csv#row1"]
-    assert lines_of_scene(parsed.scenes[0]) == [
-        ("User 1", "Hi, what do you do?"),
-        ("Chef", "I'm a chef. I cook spicy food all day."),
-        ("User 1", "Spicy! I could never."),
-        ("Chef", "You get used to it. It just takes practice."),  # continuation line joined
-    ]
-    # Line numbers point into the file, inside the multi-line conversation cell.
-    assert [ln.line for ln in parsed.scenes[0].lines] == [4, 5, 6, 8]
-    assert (parsed.dropped[0].reason, parsed.dropped[0].line) == ("stage direction", 7)
-    # `* User 1:` (a stray asterisk) is still User 1; the other side plays the character.
-    other = parse_source(
-        FIXTURES / "persona_chat.csv", ParseOptions(character_name="Fan", spc_speaker="User 1"), "x"
-    )
-    assert [ln.speaker for ln in other.scenes[1].lines] == ["Fan", "User 2", "Fan", "User 2"]
-
-
-def renpy_parse(**options):
-    files = [FIXTURES / "game" / "characters.rpy", FIXTURES / "game" / "script.rpy"]
-    opts = ParseOptions(renpy=renpy_definitions(files), **options)
-    return parse_source(files[1], opts, "script.rpy")
-
-
-def test_renpy_characters_tags_variables_extend_and_quotes():
-    defs = renpy_definitions([FIXTURES / "game" / "characters.rpy"])
-    # _("Kira"), name=, kind= inheritance and DynamicCharacter via a default.
-    assert defs.characters == {"k": "Kira", "r": "Ren", "kw": "Kira", "p": "Alex"}
-    start = renpy_parse().scenes[0]
-    assert lines_of_scene(start) == [
-        (NARRATOR, "The rain had not stopped for three days."),
-        ("Kira", "Welcome to Maple Hill! You must be Alex."),  # {b}, {w}, [town], [player_name]
-        ("Alex", "That's me. Is it always this wet?"),
-        ("Kira", "Only in spring. And summer. And, well, autumn."),  # @ attrs, {p}, extend
-        ("Ren", "Don't scare them, Kira."),
-        ("Ren", 'I mean it. "Be nice," remember?'),  # "Name" "..." and \" escapes
-        ("Kira", "Fine, fine. I'll be nice."),
-        ("Kira", "Want a tour of the town?"),  # the menu's prompt
-    ]
-    bakery = renpy_parse().scenes[-1]
-    assert bakery.id == "script.rpy:bakery"  # a label starts a scene
-    assert lines_of_scene(bakery) == [
-        ("Kira", "This is the bakery. Best bread in the valley."),
-        ("Alex", "It smells amazing."),  # triple-quoted over two lines
-        ("Kira", "Told you! 100% worth it."),  # the screen block is skipped
-    ]
-
-
-def test_renpy_menu_choices_become_branch_scenes():
-    scenes = renpy_parse(player_name="Alex").scenes
-    by_id = {s.id: s for s in scenes}
-    branch = by_id["script.rpy:start/menu1.2"]
-    assert branch.group == "script.rpy:start"  # split together with its label
-    context = [ln for ln in branch.lines if ln.context_only]
-    assert context[-1].text == "Want a tour of the town?" and len(context) == 6
-    assert lines_of_scene(branch)[len(context) :] == [
-        ("Alex", "Maybe later."),  # `"Maybe later." if True:` is a choice too
-        ("Kira", "Suit yourself."),
-    ]
-    after = by_id["script.rpy:start/after-menu1"]
-    assert lines_of_scene(after) == [("Kira", "Either way, the bakery is the best place in town.")]
-
-
-def test_renpy_narration_can_be_dropped():
-    parsed = renpy_parse(narration="drop")
-    assert NARRATOR not in {ln.speaker for s in parsed.scenes for ln in s.lines}
-    assert [(d.reason, d.line) for d in parsed.dropped] == [("narration (dropped by option)", 4)]
-
-
-def test_renpy_unknown_speaker_is_an_error_unless_named(tmp_path, chars):
-    script = tmp_path / "solo.rpy"
-    script.write_text('label start:\n    "Hello."\n    g "Who, me?"\n', encoding="utf-8")
-    message = error_of(parse_source, script, ParseOptions(), "solo.rpy")
-    assert message.startswith("solo.rpy:3: unknown speaker 'g'")
-    assert "--speaker g" in message
-    # --speaker g: the variable is the character's own name for this script.
-    result = build(chars, script, speaker=["g"], eval_fraction=0)
-    assert [e["reply"] for e in all_examples(result)] == ["Who, me?"]
-    assert all_examples(result)[0]["context"] == [
-        {"role": "user", "author": NARRATOR, "text": "Hello."}
-    ]
-
-
 # -- character cards --------------------------------------------------------------------------
-
-
-def png_with_text(chunks: dict[str, str]) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-    for key, value in chunks.items():
-        data += chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
-    data += chunk(b"IDAT", zlib.compress(b"\0\0")) + chunk(b"IEND", b"")
-    return data
-
-
-def b64(card: dict) -> str:
-    return base64.b64encode(json.dumps(card).encode("utf-8")).decode("ascii")
-
-
-def test_card_v2_json_becomes_a_loadable_character(tmp_path):
-    _, written = cards.import_card(FIXTURES / "card_v2.json", tmp_path, "seraphina")
-    assert written == tmp_path / "seraphina" / "character.yaml"
-    character = load_character(tmp_path / "seraphina")
-    assert character.name == "Seraphina"
-    assert character.description == (
-        "Seraphina is a forest guardian who heals travellers. User is a lost traveller."
-    )
-    assert character.personality == ["kind", "protective", "calm"]
-    assert character.scenario == "User wakes up in Seraphina's glade."
-    assert character.greeting == "Oh, you're awake, User. Rest a little longer."
-    examples = [[(x.user, x.character) for x in d] for d in character.examples]
-    assert examples == [
-        [
-            (
-                "Where am I?",
-                "You are in my glade, safe from the beasts.\nNo one will hurt you here.",
-            )
-        ],
-        # The opening `{{char}}: *hums softly*` has no user line before it: not an exchange.
-        [
-            ("Who are you?", "I am Seraphina, guardian of this forest."),
-            ("Thank you, Seraphina.", "You are welcome, User."),
-        ],
-    ]
-    # An existing card is kept unless forced.
-    path = tmp_path / "seraphina" / "character.yaml"
-    path.write_text(path.read_text(encoding="utf-8") + "# mine\n", encoding="utf-8")
-    assert cards.import_card(FIXTURES / "card_v2.json", tmp_path, "seraphina")[1] is None
-    assert path.read_text(encoding="utf-8").endswith("# mine\n")
-    cards.import_card(FIXTURES / "card_v2.json", tmp_path, "seraphina", force=True)
-    assert "# mine" not in path.read_text(encoding="utf-8")
-    assert not list((tmp_path / "seraphina").glob("*.tmp"))
-
-
-def test_png_card_prefers_ccv3_and_v1_fields_are_read(tmp_path):
-    v1 = {"char_name": "Old", "char_persona": "An old card.", "char_greeting": "Hi."}
-    v3 = {"spec": "chara_card_v3", "data": {"name": "Nova", "description": "A pilot."}}
-    path = tmp_path / "nova.png"
-    path.write_bytes(png_with_text({"chara": b64(v1), "ccv3": b64(v3)}))
-    assert cards.read_card(path).name == "Nova"
-    path.write_bytes(png_with_text({"chara": b64(v1)}))
-    card = cards.read_card(path)
-    assert (card.name, card.description, card.first_mes) == ("Old", "An old card.", "Hi.")
-    data = cards.card_to_data(card, "old")
-    assert data["greeting"] == "Hi." and "examples" not in data
-    path.write_bytes(png_with_text({"Comment": "nothing here"}))
-    assert "no 'chara' or 'ccv3' text chunk (found: Comment)" in error_of(cards.read_card, path)
 
 
 def test_build_with_card_writes_character_and_trains_on_its_examples(tmp_path):
