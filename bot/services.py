@@ -113,6 +113,13 @@ async def open_services(
         if engine is None:
             engine = InferenceEngine.from_config(config)
             load_adapters(engine, registry)
+        # before the batcher starts: a failure here leaves only Redis to close
+        retriever = None
+        if config.prompt.examples == "retrieved":
+            from bot.embeddings import load_encoder
+            from bot.example_retrieval import ExampleRetriever
+
+            retriever = ExampleRetriever(load_encoder(), config.characters_path)
         history = HistoryStore(
             redis.client,
             max_turns=config.history.max_turns,
@@ -128,12 +135,6 @@ async def open_services(
     except BaseException:
         await redis.close()
         raise
-    retriever = None
-    if config.prompt.examples == "retrieved":
-        from bot.embeddings import load_encoder
-        from bot.example_retrieval import ExampleRetriever
-
-        retriever = ExampleRetriever(load_encoder(), config.characters_path)
     chat = ChatService(
         config=config,
         registry=registry,

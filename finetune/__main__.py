@@ -1,7 +1,7 @@
 """`python -m finetune build | train | chat | compare | eval`: from scripts to a character's
 adapter, and the report that shows what the adapters do.
 
-python -m finetune build goku characters/goku/data/sources/*.jsonl
+python -m finetune build --character goku characters/goku/data/sources/
 python -m finetune train goku --recipe finetune/recipes/cpu-small.yaml
 python -m finetune chat goku
 python -m finetune train-persona-chat --recipe finetune/recipes/persona-chat.yaml
@@ -19,7 +19,8 @@ from pathlib import Path
 from bot.__main__ import run_console, setup_logging
 from bot.characters import Character
 from bot.config import PROJECT_ROOT, Config, ConfigError, load_config
-from finetune.recipe import Recipe, RecipeError, load_recipe
+from finetune.errors import FinetuneError
+from finetune.recipe import Recipe, load_recipe
 
 log = logging.getLogger("finetune")
 DEFAULT_SPC = PROJECT_ROOT.parent / "shared" / "data" / "synthetic-persona-chat" / "valid.csv"
@@ -188,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     evaluate = sub.add_parser(
         "eval",
         help="the persona-fidelity report: base vs card vs card + adapter",
-        description="Answer held-out prompts and rule probes with four set-ups and measure "
+        description="Answer held-out prompts and rule probes with five set-ups and measure "
         "attribution, probes, reference metrics and adapter likelihood; writes report.md, "
         "report.json and charts.",
     )
@@ -358,11 +359,6 @@ def main(argv: list[str] | None = None) -> int:
     from bot.characters import CharacterError
     from bot.engine import AdapterError
     from bot.engine.loading import ModelLoadError
-    from finetune.build import BuildError
-    from finetune.evaluate import EvalError
-    from finetune.examples import ExampleError
-    from finetune.probes import ProbeError
-    from finetune.train import TrainError
 
     commands = {
         "build": command_build,
@@ -375,14 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (
-        BuildError,
+        FinetuneError,
         CharacterError,
         ConfigError,
-        RecipeError,
-        ExampleError,
-        EvalError,
-        ProbeError,
-        TrainError,
         AdapterError,
         ModelLoadError,
     ) as exc:
@@ -394,5 +385,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(PROJECT_ROOT))
     sys.exit(main())

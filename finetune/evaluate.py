@@ -1,7 +1,7 @@
 """`python -m finetune eval`: does each adapter make its character more itself?
 
 Per character, on prompts none of the adapters trained on (its `eval.jsonl` and rule probes),
-four set-ups answer with greedy decoding:
+five set-ups answer with greedy decoding:
 
     base            the base model told only the character's name
     card_zero_shot  the full card (persona, style, rules), no example dialogues
@@ -43,17 +43,18 @@ from bot.history import Turn
 from bot.prompt import build_prompt
 from finetune import metrics, persona_chat
 from finetune.attribution import train_attribution
+from finetune.errors import FinetuneError
 from finetune.examples import EncodedExample, encode_all, read_records
+from finetune.losses import evaluate as mean_target_loss
+from finetune.losses import example_losses
 from finetune.persona_chat import Dialogue
 from finetune.probes import Probe, character_probes
 from finetune.recipe import Recipe
-from finetune.train import evaluate as mean_target_loss
-from finetune.train import example_losses
 
 log = logging.getLogger(__name__)
 
 
-class EvalError(Exception):
+class EvalError(FinetuneError):
     pass
 
 
@@ -62,6 +63,12 @@ SETUPS = ("base", "card_zero_shot", "card_few_shot", "card_retrieved", "card_ada
 # trained on other dialogues (`python -m finetune train-persona-chat`).
 PERSONA_SETUPS = ("base", "persona", "persona_adapter")
 RETRIEVED_EXAMPLES = 4
+# A character's held-out lines are scored as its adapter was trained on them: encoded within the
+# recipe's default max_seq_len (1536), the length the character recipes train at.
+LIKELIHOOD_MAX_SEQ_LEN: int = Recipe.model_fields["max_seq_len"].default
+# Synthetic-Persona-Chat records (a persona, a dialogue so far, one User 2 turn) are short: 1024
+# tokens holds the prompts the protocol scores and damage-guards, so they keep their context.
+PERSONA_CHAT_MAX_SEQ_LEN = 1024
 
 
 @dataclass(frozen=True)
@@ -228,7 +235,9 @@ def perplexity_under(
     engine: InferenceEngine, adapter: str | None, examples: list, batch_size: int
 ) -> float:
     with adapter_scope(engine, adapter):
-        loss = mean_target_loss(engine.model, examples, Recipe(batch_size=batch_size), "cpu")
+        loss = mean_target_loss(
+            engine.model, examples, Recipe(batch_size=batch_size), engine.device
+        )
     return math.exp(loss)
 
 
@@ -321,7 +330,9 @@ def run_eval(
     ppl: dict[str, dict[str, float]] = {}
     for c in ids:
         records = read_records(root / c / "data" / "eval.jsonl")[: options.likelihood_lines]
-        examples, _ = encode_all(records, by_id[c], engine.tokenizer, max_seq_len=1536)
+        examples, _ = encode_all(
+            records, by_id[c], engine.tokenizer, max_seq_len=LIKELIHOOD_MAX_SEQ_LEN
+        )
         ppl[c] = {a: perplexity_under(engine, a, examples, options.batch_size) for a in ids}
         ppl[c]["base"] = perplexity_under(engine, None, examples, options.batch_size)
     hits = metrics.hits_at_1(
@@ -385,7 +396,7 @@ def encode_records(
     card = persona_chat.persona_card(None)
     if not persona:
         records = [{**r, "persona": None} for r in records]
-    examples, _ = encode_all(records, card, engine.tokenizer, max_seq_len=1024)
+    examples, _ = encode_all(records, card, engine.tokenizer, max_seq_len=PERSONA_CHAT_MAX_SEQ_LEN)
     return examples
 
 
@@ -465,7 +476,7 @@ def persona_protocol(
         ]
         examples = encode_records(scored, engine, persona=setup != "base")
         with adapter_scope(engine, adapter_of.get(setup)):
-            losses = example_losses(engine.model, examples, Recipe(batch_size=batch), "cpu")
+            losses = example_losses(engine.model, examples, Recipe(batch_size=batch), engine.device)
         n = options.candidates
         rows = [losses[i : i + n] for i in range(0, len(losses), n)]
         result[setup] = {

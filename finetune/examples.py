@@ -20,11 +20,12 @@ from typing import Any
 from bot.characters import Character
 from bot.history import Turn
 from bot.prompt import build_prompt, render
+from finetune.errors import FinetuneError
 
 IGNORE = -100  # label of tokens that carry no loss
 
 
-class ExampleError(ValueError):
+class ExampleError(FinetuneError, ValueError):
     pass
 
 

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import yaml
 
+from finetune.errors import FinetuneError
+
 PROBES_FILE = Path("data") / "sources" / "probes.yaml"
 _KEYS = ("question", "rule", "must_not_match", "must_match")
 
 
-class ProbeError(ValueError):
+class ProbeError(FinetuneError, ValueError):
     """A probe file that cannot be used; the message starts with the path (and item)."""
 
 

@@ -18,9 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.config import describe_validation_error
+from finetune.errors import FinetuneError
 
 
-class RecipeError(Exception):
+class RecipeError(FinetuneError):
     """A recipe that cannot be used; the message names the key, the value and what is allowed."""
 
 

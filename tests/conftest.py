@@ -14,6 +14,7 @@ cached under the project's .data dir, so only the very first run pays for the co
 
 from __future__ import annotations
 
+import inspect
 import os
 import uuid
 from pathlib import Path
@@ -108,3 +109,41 @@ def clean_engine(engine):
     yield engine
     for character_id in list(engine.adapters):
         engine.unload_adapter(character_id)
+
+
+# -- The `model` marker -----------------------------------------------------------------------
+
+# Fixtures that load the embedded model (directly or through one that does: fixturenames is the
+# whole closure, so `engine` also covers clean_engine, batcher, random_adapters, runner, bot...).
+MODEL_FIXTURES = {"engine", "clean_engine", "batcher", "random_adapters"}
+# Calls that load the model or the MiniLM encoder, in a test or in one of its fixtures.
+MODEL_LOADERS = (
+    "= train(",  # finetune.train.train loads the base model itself
+    '"train-persona-chat"',
+    "InferenceEngine.from_config",
+    "load_encoder(",
+    "load_base_model(",
+    "open_services(",
+)
+
+
+def _loads_model(func: object) -> bool:
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        return False
+    return any(loader in source for loader in MODEL_LOADERS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark with `model` every test that loads the model or the encoder, so that
+    `pytest -m "not model"` is the fast subset."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        definitions = fixtures.name2fixturedefs.values() if fixtures else ()
+        if (
+            MODEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or _loads_model(getattr(item, "function", None))
+            or any(_loads_model(d.func) for defs in definitions for d in defs)
+        ):
+            item.add_marker(pytest.mark.model)

@@ -220,11 +220,13 @@ def test_missing_training_data_is_explained(tmp_path):
         check=False,
     )
     assert result.returncode == 2
-    assert "train.jsonl does not exist; make it with `python -m finetune build goku`" in (
-        result.stderr
+    assert (
+        "train.jsonl does not exist; make it with `python -m finetune build --character goku"
+        in (result.stderr)
     )
 
 
+@pytest.mark.model
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     data = tmp_path / "data"
     write_dataset(data, [record(q, a, ident=f"t{i}") for i, (q, a) in enumerate(QA * 2)], [])

@@ -87,8 +87,14 @@ async def test_embedded_server_shared_by_two_connections(tmp_path):
 
 async def test_embedded_close_twice_is_harmless(tmp_path):
     connection = await connect_redis(None, tmp_path)
+    pid = connection._server.pid
     await connection.close()
-    await connection.close()
+    assert process_gone(pid) and connection._server is None
+    started = time.monotonic()
+    await connection.close()  # neither raises nor starts, saves or stops a server again
+    assert time.monotonic() - started < 1
+    assert connection._server is None and connection._supervisor is None
+    assert process_gone(pid)
 
 
 async def test_embedded_start_failure_is_a_clear_error(tmp_path):

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from finetune.errors import FinetuneError
+
 if TYPE_CHECKING:
     from finetune.sources.renpy import RenpyDefinitions
 
@@ -29,7 +31,7 @@ NARRATOR = "Narrator"
 USER = "User"
 
 
-class BuildError(Exception):
+class BuildError(FinetuneError):
     """Bad input for the dataset builder; the message names file and line and what is allowed."""
 
 
