@@ -28,7 +28,6 @@ from bot.discord_app.speaker import (
     SendFailed,
     describe,
 )
-from bot.postprocess import split_message
 from bot.routing import addressed_by_text, route_message
 
 log = logging.getLogger(__name__)
@@ -210,7 +209,7 @@ class Chat(ServicesCog):
             )
             return
 
-        chunks = split_message(reply.text, speaker.limit_for(channel, character))
+        chunks = speaker.chunks(channel, character, reply.text)
         try:
             sent = await (
                 live.finish(reply.text) if live else speaker.send(channel, character, reply.text)

@@ -182,6 +182,11 @@ class Speaker:
         prefix (when the webhook route fails), so every chunk leaves room for it."""
         return DISCORD_MESSAGE_LIMIT - len(self._label(character))
 
+    def chunks(self, channel: Channel, character: Character, text: str) -> list[str]:
+        """`text` as the messages that show it, each within `limit_for`: the one rule for what a
+        reply's parts are, so callers can tell which part of it was posted."""
+        return split_message(text, self.limit_for(channel, character))
+
     @staticmethod
     def _label(character: Character) -> str:
         return f"**{character.name}**: "
@@ -225,7 +230,7 @@ class Speaker:
     ) -> list[discord.Message]:
         """Post `text` as the character, split for Discord's limit. If a part fails by every
         route, raises `SendFailed` whose `sent` holds the parts posted before it."""
-        chunks = split_message(text, self.limit_for(channel, character))
+        chunks = self.chunks(channel, character, text)
         return await self._send_chunks(channel, character, chunks, [])
 
     async def _send_chunks(
@@ -318,11 +323,11 @@ class LiveReply:
         self._raw += piece
         self._changed.set()
 
-    def _limit(self) -> int:
-        return self.speaker.limit_for(self.channel, self.character)
+    def _chunks(self, text: str) -> list[str]:
+        return self.speaker.chunks(self.channel, self.character, text)
 
     async def _show(self, text: str) -> None:
-        text = split_message(text, self._limit())[0]
+        text = self._chunks(text)[0]
         if text == self._shown:
             return
         if self._message is None:
@@ -378,7 +383,7 @@ class LiveReply:
         """Stop streaming and show the final text once; returns every message of the reply.
         Raises `SendFailed` (with the parts posted) when the text could not be shown."""
         await self._stop()
-        chunks = split_message(text, self._limit())
+        chunks = self._chunks(text)
         if not chunks:
             await self._remove_partial()
             return []
@@ -413,7 +418,7 @@ class LiveReply:
         posts nothing else); False when no message shows the notice."""
         await self._stop()
         if self._message is not None and notice:
-            text = (split_message(notice, self._limit()) or [notice])[0]
+            text = (self._chunks(notice) or [notice])[0]
             try:
                 await self.speaker.edit(self._message, self.character, text)
                 self.edits += 1
