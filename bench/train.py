@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bot.characters import CharacterRegistry
 from bot.config import load_config
+from bot.training_data import DatasetFiles
 from finetune.recipe import load_recipe
 from finetune.train import TrainResult, train
 
@@ -25,9 +26,9 @@ def timed_run(
     character, train_file: Path, steps: int, share_prefix: bool, config, batch_size: int
 ) -> TrainResult:
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        data.mkdir()
-        (data / "train.jsonl").write_bytes(train_file.read_bytes())  # no eval: time steps only
+        data = DatasetFiles(Path(tmp) / "data")
+        data.folder.mkdir()
+        data.train.write_bytes(train_file.read_bytes())  # no eval: time steps only
         recipe = load_recipe(
             Path(__file__).parent.parent / "finetune" / "recipes" / "cpu-small.yaml",
             max_steps=steps,
@@ -36,7 +37,7 @@ def timed_run(
         )
         return train(
             character,
-            data_dir=data,
+            data_dir=data.folder,
             out_dir=Path(tmp) / "adapter",
             recipe=recipe,
             config=config,
@@ -56,7 +57,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     config = load_config()
     character = CharacterRegistry.load(config.characters_path).get(args.character)
-    train_file = config.characters_path / character.id / "data" / "train.jsonl"
+    train_file = DatasetFiles.of(config.characters_path, character.id).train
     if not train_file.exists():
         raise SystemExit(f"{train_file} is missing: run `python -m finetune build` first")
     batch = load_recipe(None).batch_size

@@ -20,13 +20,12 @@ import errno
 import logging
 import socket
 import sys
-import warnings
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from bot.characters import CharacterError
 from bot.config import Config, ConfigError, load_config
 from bot.log_redaction import install_redaction, redact
+from bot.logging_setup import setup_logging
 from bot.redis_connection import RedisUnavailable
 
 log = logging.getLogger("bot")
@@ -54,24 +53,6 @@ NETWORK_ERRNOS = frozenset(
 )
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Before any library logs: with -v, discord.py logs webhook and interaction tokens.
-    install_redaction()
-    if not verbose:
-        # Library chatter (progress bars, optional-kernel notices) is noise for a chat user.
-        for name in ("transformers", "bitsandbytes", "peft", "accelerate", "httpx"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", module="transformers|bitsandbytes|peft")
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bot",
@@ -89,30 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--guild", type=int, help="a server id: commands appear there at once (else globally)"
     )
     return parser.parse_args(argv)
-
-
-async def run_console(
-    character_name: str | None,
-    user_name: str,
-    *,
-    adapter: Path | None = None,
-    channel_id: str = "console",
-) -> None:
-    """The console chat; `adapter` serves the character with that adapter folder instead."""
-    # Imported after logging is set up: torch/bitsandbytes log at import time.
-    from bot.console import Console
-    from bot.services import open_services
-
-    config = load_config()
-    services = await open_services(config)
-    try:
-        character = services.registry.get(character_name or config.default_character)
-        if adapter is not None:
-            await services.batcher.run(services.engine.load_adapter, character.id, adapter)
-            log.info("%s speaks with the adapter in %s", character.name, adapter)
-        await Console(services, character, user_name=user_name, channel_id=channel_id).run()
-    finally:
-        await services.close()
 
 
 def config_secrets(config: Config) -> list[str]:
@@ -203,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command is None:
             log.info("No DISCORD_TOKEN set: starting the console chat")
+        # Imported after logging is set up: torch/bitsandbytes log at import time.
+        from bot.console import run_console
+
         asyncio.run(run_console(getattr(args, "character", None), getattr(args, "name", "User")))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -92,6 +92,11 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
     return f"{path}: {key}: {first['msg']} (got {first.get('input')!r:.60})"
 
 
+def adapter_dir(characters_dir: Path, character_id: str) -> Path:
+    """Where a character's own LoRA adapter lives (it may not exist yet)."""
+    return characters_dir / character_id / ADAPTER_DIR
+
+
 def load_character(folder: Path) -> Character:
     """Load and validate one character folder; raise CharacterError naming file and key."""
     path = folder / CHARACTER_FILE
@@ -109,7 +114,7 @@ def load_character(folder: Path) -> Character:
         raise CharacterError(_format_validation_error(path, exc)) from None
     if character.id != folder.name:
         raise CharacterError(f"{path}: id '{character.id}' must match its folder '{folder.name}'")
-    adapter = folder / ADAPTER_DIR
+    adapter = adapter_dir(folder.parent, character.id)
     if (adapter / "adapter_config.json").exists():
         character = character.model_copy(update={"adapter_path": adapter})
     return character

@@ -7,11 +7,16 @@ history in Redis under one console channel, so a second run remembers the first.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from bot.characters import Character, CharacterError
-from bot.services import Services
+from bot.config import load_config
+from bot.services import Services, open_services
+
+log = logging.getLogger(__name__)
 
 CONSOLE_CHANNEL = "console"
 HELP = (
@@ -102,3 +107,23 @@ class Console:
                 self.channel_id, self.character, author=self.user_name, content=line
             )
             self.say_as(self.character, reply.text)
+
+
+async def run_console(
+    character_name: str | None,
+    user_name: str,
+    *,
+    adapter: Path | None = None,
+    channel_id: str = "console",
+) -> None:
+    """The console chat; `adapter` serves the character with that adapter folder instead."""
+    config = load_config()
+    services = await open_services(config)
+    try:
+        character = services.registry.get(character_name or config.default_character)
+        if adapter is not None:
+            await services.batcher.run(services.engine.load_adapter, character.id, adapter)
+            log.info("%s speaks with the adapter in %s", character.name, adapter)
+        await Console(services, character, user_name=user_name, channel_id=channel_id).run()
+    finally:
+        await services.close()

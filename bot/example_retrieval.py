@@ -2,13 +2,13 @@
 
 Instead of the card's fixed example dialogues, the prompt gets the character's own lines whose
 question is most similar to the new message: the card's examples and rule examples plus the
-training set `characters/<id>/data/train.jsonl` (never eval lines). Embeddings are computed
+training set (`DatasetFiles.train`, never eval lines). Embeddings are computed
 once per character and cached.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import threading
 from pathlib import Path
 
@@ -16,21 +16,26 @@ import torch
 
 from bot.characters import Character, Exchange
 from bot.embeddings import SentenceEncoder
+from bot.training_data import DatasetFiles, RecordError, read_records
+
+log = logging.getLogger(__name__)
 
 
 def character_exchanges(character: Character, characters_dir: Path) -> list[Exchange]:
     """Every (user line, character reply) pair the character has, card first, no duplicates."""
     pairs = [e for dialogue in character.examples for e in dialogue]
     pairs += [e for rule in character.rules for e in rule.examples]
-    train = characters_dir / character.id / "data" / "train.jsonl"
+    train = DatasetFiles.of(characters_dir, character.id).train
     if train.is_file():
-        for line in train.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            context = record.get("context") or []
-            if context and context[-1].get("role") == "user" and record.get("reply"):
-                pairs.append(Exchange(user=context[-1]["text"], character=record["reply"]))
+        try:
+            records = read_records(train)
+        except RecordError as exc:
+            # The card's own examples still work; the bot keeps answering.
+            log.error("%s; retrieved examples use the card only", exc)
+            records = []
+        for record in records:
+            if record.message is not None and record.reply:
+                pairs.append(Exchange(user=record.message.content, character=record.reply))
     seen: set[tuple[str, str]] = set()
     unique = []
     for pair in pairs:

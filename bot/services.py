@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.characters import ADAPTER_DIR, Character, CharacterRegistry
+from bot.characters import Character, CharacterRegistry, adapter_dir
 from bot.chat import ChatService
 from bot.config import EMBEDDED_MODEL, Config
 from bot.engine import AdapterError, Batcher, InferenceEngine
@@ -49,7 +49,7 @@ class Services:
 
     async def reload_adapter(self, character: Character) -> Path:
         """Load the character's adapter folder anew, between batches; AdapterError keeps the old."""
-        path = self.config.characters_path / character.id / ADAPTER_DIR
+        path = adapter_dir(self.config.characters_path, character.id)
         await self.batcher.run(self.engine.load_adapter, character.id, path)
         return path
 

@@ -16,9 +16,10 @@ import logging
 import sys
 from pathlib import Path
 
-from bot.__main__ import run_console, setup_logging
-from bot.characters import Character
+from bot.characters import Character, adapter_dir
 from bot.config import PROJECT_ROOT, Config, ConfigError, load_config
+from bot.logging_setup import setup_logging
+from bot.training_data import DatasetFiles, RecordError
 from finetune.errors import FinetuneError
 from finetune.recipe import Recipe, load_recipe
 
@@ -225,19 +226,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def command_build(args: argparse.Namespace) -> int:
-    from finetune.build import run_build
+    from finetune.build import BuildOptions, run_build
 
-    result = run_build(args)
-    print(result.summary() if hasattr(result, "summary") else result)
+    result = run_build(BuildOptions.from_args(args))
+    print(result.summary())
     if args.show_masks:
-        show_masks(args.character, Path(result.train_path), args.show_masks)
+        show_masks(args.character, result.files.train, args.show_masks)
     return 0
 
 
 def show_masks(character_id: str, train_path: Path, count: int) -> None:
     from bot.characters import CharacterRegistry
     from bot.engine.loading import load_tokenizer
-    from finetune.examples import encode_all, read_records
+    from bot.training_data import read_records
+    from finetune.examples import encode_all
     from finetune.examples import show_masks as render_masks
 
     config = load_config()
@@ -255,8 +257,8 @@ def command_train(args: argparse.Namespace) -> int:
 
     config = load_config()
     character = CharacterRegistry.load(config.characters_path).get(args.character)
-    folder = config.characters_path / character.id
-    data_dir, out_dir = args.data or folder / "data", args.out or folder / "adapter"
+    data_dir = args.data or DatasetFiles.of(config.characters_path, character.id).folder
+    out_dir = args.out or adapter_dir(config.characters_path, character.id)
     return run_training(args, character, config, data_dir=data_dir, out_dir=out_dir)
 
 
@@ -302,6 +304,8 @@ def run_training(
 
 
 def command_chat(args: argparse.Namespace) -> int:
+    from bot.console import run_console
+
     asyncio.run(
         run_console(args.character, args.name, adapter=args.adapter, channel_id="finetune-chat")
     )
@@ -314,7 +318,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
     config = load_config()
     character = CharacterRegistry.load(config.characters_path).get(args.character)
-    adapter = args.adapter or config.characters_path / character.id / "adapter"
+    adapter = args.adapter or adapter_dir(config.characters_path, character.id)
     for row in compare(character, args.messages, adapter=adapter, config=config):
         print(f"> {row.prompt}")
         print(f"  card only:      {row.card_only}")
@@ -372,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (
         FinetuneError,
+        RecordError,
         CharacterError,
         ConfigError,
         AdapterError,

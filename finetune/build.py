@@ -1,46 +1,40 @@
 """`python -m finetune build`: dialogue sources -> train/eval JSONL for one character.
 
-Steps and rules:
-  1. Sources (files, or folders searched recursively for supported extensions) are parsed into
-     scenes (`finetune.sources`, `finetune.cards`). A card source (.json/.png) or `--spc-row`
-     first writes `characters/<id>/character.yaml` when it does not exist (or with `--force`).
-  2. The character is `--character ID` from the characters folder; a line is the character's
-     when its speaker equals the card's name or an alias or a `--speaker` name (case-insensitive).
-     Its lines are shown under the card's name; everyone else is the user side, names kept.
-  3. Lines are cleaned and filtered (`finetune.cleaning`).
-  4. Turns: consecutive lines by one speaker in a scene merge into one turn (joined by a
-     newline), but a turn is closed before it would grow past `--max-turn-chars`, so long
-     monologues become several turns.
-  5. Examples: every character turn with at least one turn before it in its scene gives one
-     example: up to `--context-turns` turns before it (role "character" for its own turns,
-     "user" otherwise), then its text as the reply. Short, duplicate and near-duplicate replies
-     are dropped as targets (the turn stays as context).
-  6. Split by scene group: sha256(seed:group) decides, so the same input and seed always give the
-     same split and a scene never straddles it; with 2+ groups eval and train are non-empty.
-  7. train.jsonl, eval.jsonl, dataset_card.md and dataset_card.json are written to temporary
-     files in the output folder and only then renamed over the old ones: a failure leaves the
-     previous files as they were.
+Steps:
+  1. The character: a card source (.json/.png) or `--spc-row` first writes
+     `characters/<id>/character.yaml` when it does not exist (or with `--force`); then the
+     character `--character ID` is loaded. A line is the character's when its speaker equals
+     the card's name or an alias or a `--speaker` name (case-insensitive). Its lines are shown
+     under the card's name; everyone else is the user side, names kept.
+  2. Sources (files, or folders searched recursively for supported extensions) are parsed into
+     scenes (`finetune.sources`, `finetune.cards`), and lines are cleaned and filtered
+     (`finetune.cleaning`).
+  3. Turns, examples and the split: `finetune.scene_examples`.
+  4. train.jsonl, eval.jsonl (`bot.training_data.TrainingRecord` lines) and the dataset card
+     (`finetune.dataset_card`) are written to temporary files in the output folder and only
+     then renamed over the old ones: a failure leaves the previous files as they were.
 
-Example line: {"id", "scene", "source": "file:line", "context": [{"role", "author", "text"}],
-"reply"}; `id` is a hash of scene, source and reply, stable across runs.
+A record's `id` is a hash of scene, source and reply, stable across runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import dataclasses
 import json
 import logging
-import os
-import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bot.characters import Character, CharacterError, CharacterRegistry
+from bot.files import write_files_atomically
+from bot.training_data import DatasetFiles, TrainingRecord, records_text
 from finetune import cards, cleaning
+from finetune.dataset_card import card_markdown, dropped_summary
+from finetune.scene_examples import filter_examples, make_examples, split_examples
 from finetune.sources import (
     CARD_EXTENSIONS,
     SPC_SPEAKERS,
@@ -51,28 +45,86 @@ from finetune.sources import (
     ParseOptions,
     Scene,
     parse_source,
+    pick_spc_row,
     read_spc_rows,
     renpy_definitions,
     source_kind,
     spc_speaker,
 )
 
-__all__ = ["BuildError", "BuildResult", "Example", "add_build_arguments", "run_build"]
+__all__ = ["BuildError", "BuildOptions", "BuildResult", "add_build_arguments", "run_build"]
 
 log = logging.getLogger(__name__)
-SAMPLES_PER_REASON = 5
-TRAIN_FILE, EVAL_FILE = "train.jsonl", "eval.jsonl"
-CARD_MD, CARD_JSON = "dataset_card.md", "dataset_card.json"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything a build needs; the fields are the options of `python -m finetune build`."""
+
+    sources: tuple[Path, ...]
+    character: str
+    speakers: tuple[str, ...] = ()  # more names (or Ren'Py variables) that are the character
+    characters_dir: Path | None = None  # default: characters_dir from the config
+    out: Path | None = None  # default: the character's data folder
+    context_turns: int = 6
+    max_turn_chars: int = 600
+    min_reply_chars: int = 2
+    near_dup_threshold: float = 0.9
+    drop_patterns: tuple[str, ...] = ()
+    eval_fraction: float = 0.1
+    seed: int = 0
+    scene_gap: float = 10.0
+    renpy_player: str = "Player"
+    renpy_narration: str = "keep"
+    spc_speaker: str = "User 2"
+    spc_row: int | None = None
+    name: str | None = None  # display name of a card written from --spc-row
+    force: bool = False
+    count_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.eval_fraction < 1:
+            raise BuildError(f"--eval-fraction {self.eval_fraction}: allowed: 0 to under 1")
+        if self.context_turns < 1:
+            raise BuildError(f"--context-turns {self.context_turns}: allowed: 1 or more")
+        if self.max_turn_chars < 1 or self.min_reply_chars < 0:
+            raise BuildError("--max-turn-chars must be 1 or more and --min-reply-chars 0 or more")
+        if self.scene_gap <= 0:
+            raise BuildError(f"--scene-gap {self.scene_gap}: allowed: more than 0 seconds")
+        if self.renpy_narration not in ("keep", "drop"):
+            raise BuildError(f"--renpy-narration {self.renpy_narration!r}: allowed: keep, drop")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BuildOptions:
+        """The options of a command line parsed by a parser with `add_build_arguments`."""
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        for name in ("sources", "speakers", "drop_patterns"):
+            values[name] = tuple(values[name])
+        return cls(**values)
+
+    def card_options(self) -> dict[str, Any]:
+        """The options that decide the dataset's content, as the dataset card lists them."""
+        return {
+            "context_turns": self.context_turns,
+            "max_turn_chars": self.max_turn_chars,
+            "min_reply_chars": self.min_reply_chars,
+            "near_dup_threshold": self.near_dup_threshold,
+            "drop_patterns": list(self.drop_patterns),
+            "eval_fraction": self.eval_fraction,
+            "seed": self.seed,
+            "scene_gap": self.scene_gap,
+            "renpy_player": self.renpy_player,
+            "renpy_narration": self.renpy_narration,
+            "spc_speaker": self.spc_speaker,
+            "spc_row": self.spc_row,
+            "speakers": list(self.speakers),
+        }
 
 
 @dataclass
 class BuildResult:
     character_id: str
-    out_dir: Path
-    train_path: Path
-    eval_path: Path
-    card_md_path: Path
-    card_json_path: Path
+    files: DatasetFiles
     train_examples: int
     eval_examples: int
     lines: int  # dialogue lines after cleaning
@@ -83,6 +135,7 @@ class BuildResult:
     speakers: dict[str, int]  # speaker -> lines after cleaning
     character_yaml: Path | None = None  # written by this run (card or --spc-row)
     tokens: dict[str, int] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         dropped = ", ".join(f"{reason} {n}" for reason, n in self.dropped.items()) or "none"
@@ -90,41 +143,17 @@ class BuildResult:
         return (
             f"{self.character_id}: {self.train_examples} train and {self.eval_examples} eval "
             f"examples from {self.character_lines} of {self.lines} lines in {self.scenes} scenes "
-            f"-> {self.out_dir}{wrote}\ndropped: {dropped}"
+            f"-> {self.files.folder}{wrote}\ndropped: {dropped}"
         )
-
-
-@dataclass
-class Turn:
-    speaker: str
-    text: str
-    source: str
-    line: int
-    is_character: bool
-    context_only: bool
-
-
-@dataclass
-class Example:
-    id: str
-    scene: str
-    source: str
-    context: list[dict[str, str]]
-    reply: str
-    group: str = field(default="", repr=False)
-    line: int = field(default=0, repr=False)
-
-    def to_json(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if k not in ("group", "line")}
-        return json.dumps(data, ensure_ascii=False)
 
 
 # -- arguments --------------------------------------------------------------------------------
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every option of `python -m finetune build`."""
+    """Every option of `python -m finetune build`; defaults come from `BuildOptions`."""
     kinds = ", ".join(f"{ext} ({what})" for ext, what in SUPPORTED_EXTENSIONS.items())
+    default = BuildOptions
     parser.add_argument(
         "sources",
         nargs="+",
@@ -140,6 +169,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--speaker",
+        dest="speakers",
         action="append",
         default=[],
         metavar="NAME",
@@ -161,30 +191,33 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--context-turns",
         type=int,
-        default=6,
-        help="turns of context before each reply, at most (default 6)",
+        default=default.context_turns,
+        help="turns of context before each reply, at most (default %(default)s)",
     )
     parser.add_argument(
         "--max-turn-chars",
         type=int,
-        default=600,
-        help="consecutive lines of one speaker merge into a turn up to this length (default 600)",
+        default=default.max_turn_chars,
+        help="consecutive lines of one speaker merge into a turn up to this length "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--min-reply-chars",
         type=int,
-        default=2,
-        help="replies shorter than this (after cleaning) are not used as targets (default 2)",
+        default=default.min_reply_chars,
+        help="replies shorter than this (after cleaning) are not used as targets "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--near-dup-threshold",
         type=float,
-        default=0.9,
+        default=default.near_dup_threshold,
         help="drop replies whose 3-gram Jaccard similarity to an earlier reply is at least this "
-        "(default 0.9; above 1 turns it off)",
+        "(default %(default)s; above 1 turns it off)",
     )
     parser.add_argument(
         "--drop-pattern",
+        dest="drop_patterns",
         action="append",
         default=[],
         metavar="REGEX",
@@ -193,34 +226,37 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-fraction",
         type=float,
-        default=0.1,
-        help="share of scenes for eval.jsonl, 0 to under 1 (default 0.1)",
+        default=default.eval_fraction,
+        help="share of scenes for eval.jsonl, 0 to under 1 (default %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=default.seed, help="seed of the split (default %(default)s)"
+    )
     parser.add_argument(
         "--scene-gap",
         type=float,
-        default=10.0,
+        default=default.scene_gap,
         metavar="SECONDS",
-        help="subtitles: a pause longer than this starts a new scene (default 10)",
+        help="subtitles: a pause longer than this starts a new scene (default %(default)s)",
     )
     parser.add_argument(
         "--renpy-player",
-        default="Player",
+        default=default.renpy_player,
         metavar="NAME",
-        help="Ren'Py: who says the menu choices (default Player)",
+        help="Ren'Py: who says the menu choices (default %(default)s)",
     )
     parser.add_argument(
         "--renpy-narration",
         choices=("keep", "drop"),
-        default="keep",
-        help="Ren'Py: keep narration as context lines by 'Narrator', or drop it (default keep)",
+        default=default.renpy_narration,
+        help="Ren'Py: keep narration as context lines by 'Narrator', or drop it "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--spc-speaker",
-        default="User 2",
+        default=default.spc_speaker,
         choices=SPC_SPEAKERS,
-        help="Synthetic-Persona-Chat CSV: who plays the character (default 'User 2')",
+        help="Synthetic-Persona-Chat CSV: who plays the character (default '%(default)s')",
     )
     parser.add_argument(
         "--spc-row",
@@ -247,7 +283,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# -- sources ----------------------------------------------------------------------------------
+# -- step 1: the character --------------------------------------------------------------------
 
 
 def expand_sources(paths: Sequence[Path]) -> list[Path]:
@@ -283,21 +319,17 @@ def _default_characters_dir() -> Path:
         raise BuildError(str(exc)) from None
 
 
-def _spc_card(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    rows = read_spc_rows(path)
-    if not 0 <= args.spc_row < len(rows):
-        raise BuildError(
-            f"{path}: --spc-row {args.spc_row} is out of range; the file has rows 0 to "
-            f"{len(rows) - 1}"
-        )
-    row = rows[args.spc_row]
-    who = spc_speaker(args.spc_speaker)
+def spc_card(path: Path, options: BuildOptions) -> dict[str, Any]:
+    """character.yaml fields for the persona of `--spc-row` in a Synthetic-Persona-Chat CSV."""
+    assert options.spc_row is not None
+    row = pick_spc_row(read_spc_rows(path), options.spc_row, str(path))
+    who = spc_speaker(options.spc_speaker)
     persona = row.personas[who]
     if not persona:
         raise BuildError(f"{path}:{row.line}: row {row.index} has no persona for {who}")
-    name = args.name or args.character.replace("-", " ").replace("_", " ").title()
+    name = options.name or options.character.replace("-", " ").replace("_", " ").title()
     data: dict[str, Any] = {
-        "id": args.character,
+        "id": options.character,
         "name": name,
         "description": f"{name}, in their own words: " + " ".join(persona),
         "personality": persona,
@@ -307,6 +339,41 @@ def _spc_card(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class CardImport:
+    """A character card among the sources, and the character.yaml it wrote (if any)."""
+
+    path: Path
+    card: cards.Card
+
+
+def import_character(
+    files: Sequence[Path], options: BuildOptions, characters_dir: Path
+) -> tuple[CardImport | None, Path | None]:
+    """Step 1: write character.yaml from a card source or `--spc-row` (unless present)."""
+    card_files = [f for f in files if f.suffix.lower() in CARD_EXTENSIONS]
+    if len(card_files) > 1:
+        names = ", ".join(str(f) for f in card_files)
+        raise BuildError(f"{names}: one character card per build; allowed: a single .json/.png")
+    imported, written = None, None
+    if card_files:
+        card, written = cards.import_card(
+            card_files[0], characters_dir, options.character, force=options.force
+        )
+        imported = CardImport(card_files[0], card)
+    if options.spc_row is not None:
+        csvs = [f for f in files if f.suffix.lower() == ".csv"]
+        if len(csvs) != 1:
+            raise BuildError("--spc-row needs exactly one Synthetic-Persona-Chat .csv source")
+        written = cards.write_character_yaml(
+            characters_dir,
+            spc_card(csvs[0], options),
+            force=options.force,
+            comment=f"Persona of row {options.spc_row} of {csvs[0].name} ({options.spc_speaker}).",
+        )
+    return imported, written
+
+
 def _load_character(characters_dir: Path, character_id: str) -> Character:
     try:
         return CharacterRegistry.load(characters_dir).get(character_id)
@@ -314,144 +381,53 @@ def _load_character(characters_dir: Path, character_id: str) -> Character:
         raise BuildError(str(exc)) from None
 
 
-# -- turns and examples -----------------------------------------------------------------------
+# -- step 2: sources --------------------------------------------------------------------------
 
 
-def scene_turns(scene: Scene, is_character: Callable[[str], bool], max_chars: int) -> list[Turn]:
-    turns: list[Turn] = []
-    for line in scene.lines:
-        last = turns[-1] if turns else None
-        if (
-            last is not None
-            and last.speaker.casefold() == line.speaker.casefold()
-            and last.context_only == line.context_only
-            and len(last.text) + 1 + len(line.text) <= max_chars
-        ):
-            last.text = f"{last.text}\n{line.text}"
-            continue
-        turns.append(
-            Turn(
-                line.speaker,
-                line.text,
-                line.source,
-                line.line,
-                is_character(line.speaker),
-                line.context_only,
-            )
-        )
-    return turns
+def parse_sources(
+    files: Sequence[Path],
+    card: CardImport | None,
+    character: Character,
+    names: frozenset[str],
+    options: BuildOptions,
+) -> list[ParsedSource]:
+    rpy = [f for f in files if f.suffix.lower() == ".rpy"]
+    parse_options = ParseOptions(
+        character_name=character.name,
+        player_name=options.renpy_player,
+        narration=options.renpy_narration,
+        scene_gap=options.scene_gap,
+        spc_speaker=options.spc_speaker,
+        spc_row=options.spc_row,
+        known_names=names,
+        renpy=renpy_definitions(rpy) if rpy else None,
+    )
+    return [
+        cards.card_source(card.card, str(path))
+        if card is not None and path == card.path
+        else parse_source(path, parse_options)
+        for path in files
+    ]
 
 
-def example_id(scene: str, source: str, reply: str) -> str:
-    return hashlib.sha256(f"{scene}\x1f{source}\x1f{reply}".encode()).hexdigest()[:16]
+def speaker_counts(
+    scenes: Sequence[Scene], is_character: Callable[[str], bool], character: Character
+) -> Counter[str]:
+    """Lines per speaker after cleaning, the character's under its card name."""
+    return Counter(
+        character.name if is_character(line.speaker) else line.speaker
+        for scene in scenes
+        for line in scene.lines
+        if not line.context_only
+    )
 
 
-def make_examples(
-    scenes: Sequence[Scene],
-    is_character: Callable[[str], bool],
-    character_name: str,
-    *,
-    context_turns: int,
-    max_turn_chars: int,
-) -> list[Example]:
-    examples = []
-    for scene in scenes:
-        turns = scene_turns(scene, is_character, max_turn_chars)
-        for i, turn in enumerate(turns):
-            if not turn.is_character or turn.context_only or i == 0:
-                continue
-            context = [
-                {
-                    "role": "character" if t.is_character else "user",
-                    "author": character_name if t.is_character else t.speaker,
-                    "text": t.text,
-                }
-                for t in turns[max(0, i - context_turns) : i]
-            ]
-            source = f"{turn.source}:{turn.line}"
-            examples.append(
-                Example(
-                    example_id(scene.id, source, turn.text),
-                    scene.id,
-                    source,
-                    context,
-                    turn.text,
-                    group=scene.group,
-                    line=turn.line,
-                )
-            )
-    return examples
+# -- step 4: output ---------------------------------------------------------------------------
 
 
-def filter_examples(
-    examples: Sequence[Example], min_reply_chars: int, threshold: float
-) -> tuple[list[Example], list[Dropped]]:
-    dropped: list[Dropped] = []
-    long_enough = []
-    for example in examples:
-        if len(example.reply) < min_reply_chars:
-            path, _, _ = example.source.rpartition(":")
-            dropped.append(Dropped(cleaning.REASON_SHORT, path, example.line, example.reply))
-        else:
-            long_enough.append(example)
-    kept = []
-    flags = cleaning.duplicate_flags([e.reply for e in long_enough], threshold)
-    for example, (reason, first) in zip(long_enough, flags, strict=True):
-        if reason is None:
-            kept.append(example)
-            continue
-        path, _, _ = example.source.rpartition(":")
-        assert first is not None
-        note = f"{example.reply}  (like {long_enough[first].source})"
-        dropped.append(Dropped(reason, path, example.line, note))
-    return kept, dropped
-
-
-def split_unit(group: str, seed: int) -> float:
-    """A number in [0, 1) fixed by the group and seed."""
-    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def split_examples(
-    examples: Sequence[Example], eval_fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
-    """Whole scene groups go to eval when their hash is below eval_fraction."""
-    groups = sorted({e.group for e in examples}, key=lambda g: (split_unit(g, seed), g))
-    evals = {g for g in groups if split_unit(g, seed) < eval_fraction}
-    if eval_fraction > 0 and len(groups) >= 2:
-        if not evals:
-            evals = {groups[0]}  # the lowest hash: still decided by hash and seed
-        if len(evals) == len(groups):
-            evals.discard(groups[-1])
-    train = [e for e in examples if e.group not in evals]
-    eval_ = [e for e in examples if e.group in evals]
-    return train, eval_
-
-
-# -- output -----------------------------------------------------------------------------------
-
-
-def _write_atomically(files: dict[Path, str]) -> None:
-    """Write every file to a temp file in its folder first, then rename all into place."""
-    temps: dict[Path, Path] = {}
-    try:
-        for path, text in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps[path] = Path(tmp)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-        for path, tmp in temps.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
-
-
-def _count_tokens(train: Sequence[Example], eval_: Sequence[Example]) -> dict[str, int]:
+def _count_tokens(
+    train: Sequence[TrainingRecord], eval_: Sequence[TrainingRecord]
+) -> dict[str, int]:
     from bot.config import load_config
     from bot.engine.loading import load_tokenizer
 
@@ -463,157 +439,53 @@ def _count_tokens(train: Sequence[Example], eval_: Sequence[Example]) -> dict[st
     figures = {}
     for name, split in (("train", train), ("eval", eval_)):
         figures[f"{name}_reply_tokens"] = sum(count(e.reply) for e in split)
-        figures[f"{name}_context_tokens"] = sum(count(c["text"]) for e in split for c in e.context)
+        figures[f"{name}_context_tokens"] = sum(count(t.content) for e in split for t in e.context)
     return figures
-
-
-def _card_markdown(card: dict[str, Any]) -> str:
-    out = [
-        f"# Dataset card: {card['character']['name']} ({card['character']['id']})",
-        "",
-        f"Built by `python -m finetune build`; {card['examples']['train']} training and "
-        f"{card['examples']['eval']} evaluation examples from {card['scenes']} scenes "
-        f"({card['split']['eval_groups']} of {card['split']['groups']} scene groups in eval, "
-        f"eval fraction {card['options']['eval_fraction']}, seed {card['options']['seed']}).",
-        "",
-        "## Sources",
-        "",
-        "| source | kind | dialogue lines | file lines |",
-        "|---|---|---|---|",
-    ]
-    for source in card["sources"]:
-        cells = (f"`{source['path']}`", source["kind"], source["lines"], source["file_lines"])
-        out.append("| " + " | ".join(map(str, cells)) + " |")
-    out += ["", "## Lines per speaker (after cleaning)", "", "| speaker | lines |", "|---|---|"]
-    out += [f"| {name} | {count} |" for name, count in list(card["speakers"].items())[:30]]
-    if len(card["speakers"]) > 30:
-        out.append(f"| ({len(card['speakers']) - 30} more) | |")
-    out += [
-        "",
-        "## Examples",
-        "",
-        f"- character lines: {card['character_lines']}",
-        f"- examples before filtering: {card['examples']['candidates']}",
-        f"- train: {card['examples']['train']}, eval: {card['examples']['eval']}",
-    ]
-    if card.get("tokens"):
-        out += [f"- {key.replace('_', ' ')}: {value}" for key, value in card["tokens"].items()]
-    out += ["", "## Dropped", ""]
-    if not card["dropped"]:
-        out.append("Nothing was dropped.")
-    for reason, entry in card["dropped"].items():
-        out.append(f"- **{reason}**: {entry['count']}")
-        out += [f"  - `{sample}`" for sample in entry["samples"]]
-    out += ["", "## Options", "", "```json", json.dumps(card["options"], indent=2), "```", ""]
-    return "\n".join(out)
-
-
-def _sample(d: Dropped) -> str:
-    text = " ".join(d.text.split())
-    text = text[:100] + ("…" if len(text) > 100 else "")
-    return f"{d.source}:{d.line}: {text}".replace("`", "'")
 
 
 # -- the build --------------------------------------------------------------------------------
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    if not 0 <= args.eval_fraction < 1:
-        raise BuildError(f"--eval-fraction {args.eval_fraction}: allowed: 0 to under 1")
-    if args.context_turns < 1:
-        raise BuildError(f"--context-turns {args.context_turns}: allowed: 1 or more")
-    if args.max_turn_chars < 1 or args.min_reply_chars < 0:
-        raise BuildError("--max-turn-chars must be 1 or more and --min-reply-chars 0 or more")
-    if args.scene_gap <= 0:
-        raise BuildError(f"--scene-gap {args.scene_gap}: allowed: more than 0 seconds")
+def run_build(options: BuildOptions) -> BuildResult:
+    """Build the dataset `options` describe; BuildError on bad input."""
+    patterns = cleaning.compile_patterns(options.drop_patterns)
+    characters_dir = options.characters_dir or _default_characters_dir()
+    files = expand_sources(options.sources)
 
-
-def run_build(args: argparse.Namespace) -> BuildResult:
-    """Build the dataset described by the parsed arguments; BuildError on bad input."""
-    _check_options(args)
-    patterns = cleaning.compile_patterns(args.drop_pattern)
-    characters_dir = args.characters_dir or _default_characters_dir()
-    files = expand_sources(args.sources)
-    card_files = [f for f in files if f.suffix.lower() in CARD_EXTENSIONS]
-    if len(card_files) > 1:
-        names = ", ".join(str(f) for f in card_files)
-        raise BuildError(f"{names}: one character card per build; allowed: a single .json/.png")
-
-    written: Path | None = None
-    read_cards = [cards.read_card(f) for f in card_files]
-    if read_cards:
-        data = cards.card_to_data(read_cards[0], args.character)
-        written = cards.write_character_yaml(
-            characters_dir,
-            data,
-            force=args.force,
-            comment=f"Imported from {card_files[0].name} by finetune build.",
-        )
-    if args.spc_row is not None:
-        csvs = [f for f in files if f.suffix.lower() == ".csv"]
-        if len(csvs) != 1:
-            raise BuildError("--spc-row needs exactly one Synthetic-Persona-Chat .csv source")
-        written = cards.write_character_yaml(
-            characters_dir,
-            _spc_card(csvs[0], args),
-            force=args.force,
-            comment=f"Persona of row {args.spc_row} of {csvs[0].name} ({args.spc_speaker}).",
-        )
-    character = _load_character(characters_dir, args.character)
-    names = {n.casefold() for n in (*character.names, *args.speaker)}
+    # 1. the character
+    card, written = import_character(files, options, characters_dir)
+    character = _load_character(characters_dir, options.character)
+    names = frozenset(n.casefold() for n in (*character.names, *options.speakers))
 
     def is_character(speaker: str) -> bool:
         return speaker.casefold() in names
 
-    rpy = [f for f in files if f.suffix.lower() == ".rpy"]
-    options = ParseOptions(
-        character_name=character.name,
-        player_name=args.renpy_player,
-        narration=args.renpy_narration,
-        scene_gap=args.scene_gap,
-        spc_speaker=args.spc_speaker,
-        spc_row=args.spc_row,
-        known_names=frozenset(names),
-        renpy=renpy_definitions(rpy) if rpy else None,
-    )
-    parsed: list[ParsedSource] = []
-    for path in files:
-        if path in card_files:
-            card = read_cards[0]
-            scenes = cards.card_scenes(card)
-            parsed.append(
-                ParsedSource(str(path), "card", scenes, [], len(card.mes_example.split("\n")))
-            )
-        else:
-            parsed.append(parse_source(path, options))
-
+    # 2. sources -> clean scenes
+    parsed = parse_sources(files, card, character, names, options)
     dropped: list[Dropped] = [d for p in parsed for d in p.dropped]
     scenes, cleaning_dropped = cleaning.clean_scenes(
         [s for p in parsed for s in p.scenes], patterns
     )
     dropped += cleaning_dropped
-    speakers = Counter(
-        character.name if is_character(line.speaker) else line.speaker
-        for scene in scenes
-        for line in scene.lines
-        if not line.context_only
-    )
+    speakers = speaker_counts(scenes, is_character, character)
     if not speakers.get(character.name):
         top = ", ".join(f"{name} ({count})" for name, count in speakers.most_common(10))
         raise BuildError(
-            f"{', '.join(map(str, args.sources))}: no line is spoken by {character.name} "
+            f"{', '.join(map(str, options.sources))}: no line is spoken by {character.name} "
             f"(names: {', '.join(sorted(names))}); speakers found: {top or 'none'}; "
             "pass --speaker NAME for the name the sources use"
         )
-    candidates = make_examples(
+
+    # 3. examples and the split
+    candidates, _ = make_examples(
         scenes,
         is_character,
         character.name,
-        context_turns=args.context_turns,
-        max_turn_chars=args.max_turn_chars,
+        context_turns=options.context_turns,
+        max_turn_chars=options.max_turn_chars,
     )
     examples, example_dropped = filter_examples(
-        candidates, args.min_reply_chars, args.near_dup_threshold
+        candidates, options.min_reply_chars, options.near_dup_threshold
     )
     dropped += example_dropped
     if not examples:
@@ -622,15 +494,14 @@ def run_build(args: argparse.Namespace) -> BuildResult:
             "a reply needs a turn by someone else before it in the same scene "
             f"(dropped: {dict(Counter(d.reason for d in dropped))})"
         )
-    train, eval_ = split_examples(examples, args.eval_fraction, args.seed)
-    tokens = _count_tokens(train, eval_) if args.count_tokens else None
+    group_of = {scene.id: scene.group for scene in scenes}
+    train, eval_ = split_examples(examples, group_of, options.eval_fraction, options.seed)
+    tokens = _count_tokens(train, eval_) if options.count_tokens else None
 
-    out_dir = args.out or characters_dir / character.id / "data"
-    by_reason: dict[str, list[Dropped]] = defaultdict(list)
-    for d in dropped:
-        by_reason[d.reason].append(d)
-    groups = {e.group for e in examples}
-    card = {
+    # 4. output
+    files_out = DatasetFiles(options.out or DatasetFiles.of(characters_dir, character.id).folder)
+    summary = dropped_summary(dropped)
+    card_data = {
         "character": {"id": character.id, "name": character.name, "names": sorted(names)},
         "sources": [
             {"path": p.path, "kind": p.kind, "lines": p.line_count, "file_lines": p.file_lines}
@@ -641,57 +512,32 @@ def run_build(args: argparse.Namespace) -> BuildResult:
         "character_lines": speakers[character.name],
         "examples": {"candidates": len(candidates), "train": len(train), "eval": len(eval_)},
         "split": {
-            "groups": len(groups),
-            "eval_groups": len({e.group for e in eval_}),
+            "groups": len({group_of[e.scene] for e in examples}),
+            "eval_groups": len({group_of[e.scene] for e in eval_}),
             "rule": "sha256(seed:scene group) / 2**64 < eval_fraction",
         },
-        "dropped": {
-            reason: {
-                "count": len(items),
-                "samples": [_sample(d) for d in items[:SAMPLES_PER_REASON]],
-            }
-            for reason, items in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
-        },
+        "dropped": summary,
         "tokens": tokens,
-        "options": {
-            "context_turns": args.context_turns,
-            "max_turn_chars": args.max_turn_chars,
-            "min_reply_chars": args.min_reply_chars,
-            "near_dup_threshold": args.near_dup_threshold,
-            "drop_patterns": list(args.drop_pattern),
-            "eval_fraction": args.eval_fraction,
-            "seed": args.seed,
-            "scene_gap": args.scene_gap,
-            "renpy_player": args.renpy_player,
-            "renpy_narration": args.renpy_narration,
-            "spc_speaker": args.spc_speaker,
-            "spc_row": args.spc_row,
-            "speakers": list(args.speaker),
-        },
+        "options": options.card_options(),
     }
-    paths = {name: out_dir / name for name in (TRAIN_FILE, EVAL_FILE, CARD_MD, CARD_JSON)}
-    _write_atomically(
+    write_files_atomically(
         {
-            paths[TRAIN_FILE]: "".join(e.to_json() + "\n" for e in train),
-            paths[EVAL_FILE]: "".join(e.to_json() + "\n" for e in eval_),
-            paths[CARD_MD]: _card_markdown(card),
-            paths[CARD_JSON]: json.dumps(card, indent=2, ensure_ascii=False) + "\n",
+            files_out.train: records_text(train),
+            files_out.eval: records_text(eval_),
+            files_out.card_markdown: card_markdown(card_data),
+            files_out.card_json: json.dumps(card_data, indent=2, ensure_ascii=False) + "\n",
         }
     )
-    log.info("Wrote %d train and %d eval examples to %s", len(train), len(eval_), out_dir)
+    log.info("Wrote %d train and %d eval examples to %s", len(train), len(eval_), files_out.folder)
     return BuildResult(
         character_id=character.id,
-        out_dir=out_dir,
-        train_path=paths[TRAIN_FILE],
-        eval_path=paths[EVAL_FILE],
-        card_md_path=paths[CARD_MD],
-        card_json_path=paths[CARD_JSON],
+        files=files_out,
         train_examples=len(train),
         eval_examples=len(eval_),
         lines=sum(speakers.values()),
         character_lines=speakers[character.name],
         scenes=len(scenes),
-        dropped={reason: len(items) for reason, items in by_reason.items()},
+        dropped=dict(Counter(d.reason for d in dropped)),
         sources={p.path: p.line_count for p in parsed},
         speakers=dict(speakers),
         character_yaml=written,

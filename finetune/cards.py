@@ -26,10 +26,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,8 @@ import yaml
 from pydantic import ValidationError
 
 from bot.characters import CHARACTER_FILE, ID_PATTERN, Character, CharacterError, load_character
-from finetune.sources import USER, BuildError, Line, Scene, located, read_text
+from bot.files import write_text_atomically
+from finetune.sources import USER, BuildError, Line, ParsedSource, Scene, located, read_text
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CARD_KEYS = ("ccv3", "chara")
@@ -189,6 +188,11 @@ def card_scenes(card: Card, user_name: str = USER) -> list[Scene]:
     return [s for s in scenes if s.lines]
 
 
+def card_source(card: Card, path: str) -> ParsedSource:
+    """A card read as a dialogue source: its example chats, one scene per `<START>` block."""
+    return ParsedSource(path, "card", card_scenes(card), [], len(card.mes_example.split("\n")))
+
+
 def _traits(text: str) -> list[str]:
     """Personality as a list: lines, or comma-separated traits when it is not prose."""
     lines = [line.strip(" -*•\t") for line in text.split("\n") if line.strip(" -*•\t")]
@@ -258,14 +262,7 @@ def write_character_yaml(
     folder.mkdir(parents=True, exist_ok=True)
     header = "".join(f"# {line}\n" for line in comment.splitlines())
     body = yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=100)
-    fd, tmp = tempfile.mkstemp(prefix=".character.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(header + body)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, header + body)
     try:
         load_character(folder)  # the bot must be able to load what was written
     except CharacterError as exc:

@@ -19,6 +19,7 @@ on Synthetic-Persona-Chat dialogues with and without each adapter (general damag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -41,10 +42,11 @@ from bot.engine import GenerationRequest, GenerationResult, InferenceEngine, Sam
 from bot.example_retrieval import ExampleRetriever
 from bot.history import Turn
 from bot.prompt import build_prompt
+from bot.training_data import DatasetFiles, TrainingRecord, read_records
 from finetune import metrics, persona_chat
 from finetune.attribution import train_attribution
 from finetune.errors import FinetuneError
-from finetune.examples import EncodedExample, encode_all, read_records
+from finetune.examples import EncodedExample, encode_all
 from finetune.losses import evaluate as mean_target_loss
 from finetune.losses import example_losses
 from finetune.persona_chat import Dialogue
@@ -123,12 +125,11 @@ def variant(character: Character, setup: str) -> Character:
 def collect_items(characters: list[Character], root: Path, options: EvalOptions) -> list[Item]:
     items = []
     for character in characters:
-        folder = root / character.id
-        records = read_records(folder / "data" / "eval.jsonl")
-        held_out = [r for r in records if r["turns"] and r["turns"][-1].role == "user"]
+        records = read_records(DatasetFiles.of(root, character.id).eval)
+        held_out = [r for r in records if r.message is not None]
         for record in held_out[: options.prompts]:
-            items.append(Item(character.id, record["turns"], reference=record["reply"]))
-        for probe in character_probes(folder)[: options.probes]:
+            items.append(Item(character.id, list(record.context), reference=record.reply))
+        for probe in character_probes(root, character.id)[: options.probes]:
             items.append(Item(character.id, [Turn("user", "User", probe.question)], probe=probe))
     return items
 
@@ -275,8 +276,7 @@ def run_eval(
 
     # 2. Attribution: a classifier of who is speaking, trained on the training replies.
     training_lines = {
-        c.id: [r["reply"] for r in read_records(root / c.id / "data" / "train.jsonl")]
-        for c in characters
+        c.id: [r.reply for r in read_records(DatasetFiles.of(root, c.id).train)] for c in characters
     }
     classifier = train_attribution(encoder, training_lines, seed=options.seed)
     report: dict[str, Any] = {
@@ -329,7 +329,7 @@ def run_eval(
     # 4. Likelihood: each character's held-out lines under every adapter (and none).
     ppl: dict[str, dict[str, float]] = {}
     for c in ids:
-        records = read_records(root / c / "data" / "eval.jsonl")[: options.likelihood_lines]
+        records = read_records(DatasetFiles.of(root, c).eval)[: options.likelihood_lines]
         examples, _ = encode_all(
             records, by_id[c], engine.tokenizer, max_seq_len=LIKELIHOOD_MAX_SEQ_LEN
         )
@@ -379,7 +379,7 @@ def held_out_dialogues(spc_path: Path, count: int) -> tuple[list[Dialogue], list
     return held_out[:count], held_out
 
 
-def protocol_records(dialogues: list[Dialogue]) -> list[dict[str, Any]]:
+def protocol_records(dialogues: list[Dialogue]) -> list[TrainingRecord]:
     """One User 2 turn per dialogue: the middle one, past the greetings and before the
     goodbyes, where the persona has something to say."""
     records = []
@@ -390,12 +390,12 @@ def protocol_records(dialogues: list[Dialogue]) -> list[dict[str, Any]]:
 
 
 def encode_records(
-    records: list[dict[str, Any]], engine: InferenceEngine, *, persona: bool
+    records: list[TrainingRecord], engine: InferenceEngine, *, persona: bool
 ) -> list[EncodedExample]:
     """Each record prompted as User 2, with its persona as the card or (not `persona`) none."""
     card = persona_chat.persona_card(None)
     if not persona:
-        records = [{**r, "persona": None} for r in records]
+        records = [dataclasses.replace(r, persona=None) for r in records]
     examples, _ = encode_all(records, card, engine.tokenizer, max_seq_len=PERSONA_CHAT_MAX_SEQ_LEN)
     return examples
 
@@ -434,11 +434,11 @@ def persona_protocol(
     slots, jobs = [], []
     for record in records:
         for setup in setups:
-            card = persona_chat.persona_card(None if setup == "base" else record["persona"])
+            card = persona_chat.persona_card(None if setup == "base" else record.persona)
             prompt = build_prompt(
                 card,
-                record["turns"][:-1],
-                record["turns"][-1],
+                list(record.context[:-1]),
+                record.context[-1],
                 tokenizer=engine.tokenizer,
                 budget=config.prompt.token_budget,
             )
@@ -463,14 +463,14 @@ def persona_protocol(
     pool_turns = [(d.index, text) for d in pool for who, text in d.turns if who == speaker]
     candidates = []
     for record in records:
-        others = [text for row, text in pool_turns if row != record["row"]]
-        candidates.append([record["reply"], *rng.sample(others, options.candidates - 1)])
-    gold = [r["reply"] for r in records]
+        others = [text for row, text in pool_turns if row != record.row]
+        candidates.append([record.reply, *rng.sample(others, options.candidates - 1)])
+    gold = [r.reply for r in records]
     batch = options.batch_size
     result: dict[str, Any] = {"dialogues": len(records), "candidates": options.candidates}
     for setup in setups:
         scored = [
-            {**record, "reply": candidate}
+            dataclasses.replace(record, reply=candidate)
             for record, row in zip(records, candidates, strict=True)
             for candidate in row
         ]
@@ -486,7 +486,7 @@ def persona_protocol(
             "hits_at_1": metrics.hits_at_1(rows, [0] * len(rows), higher_is_better=False),
         }
     result["samples"] = [
-        {"context": r["turns"][-1].content, "gold": r["reply"]} | {s: answers[s][i] for s in setups}
+        {"context": r.context[-1].content, "gold": r.reply} | {s: answers[s][i] for s in setups}
         for i, r in enumerate(records[:4])
     ]
     return result

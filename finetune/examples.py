@@ -1,8 +1,8 @@
-"""Dataset records -> token ids and loss masks, rendered exactly as the bot prompts.
+"""Training records -> token ids and loss masks, rendered exactly as the bot prompts.
 
-A record (one line of `train.jsonl`, written by `finetune build`) is a window of turns and the
-character's reply; a record with a `persona` (Synthetic-Persona-Chat: every dialogue has its own)
-is prompted with that persona as the card's description. Its prompt comes from
+A record (`bot.training_data.TrainingRecord`, one line of `train.jsonl`) is a window of turns
+and the character's reply; a record with a `persona` (Synthetic-Persona-Chat: every dialogue has
+its own) is prompted with that persona as the card's description. Its prompt comes from
 `bot.prompt.build_prompt`, the function the bot uses at inference: system card, few-shot
 examples, history, the last turn as the new message, the model's chat template. The target is
 what the template puts after the prompt for the reply: the reply text and the end-of-turn token
@@ -11,15 +11,13 @@ what the template puts after the prompt for the reply: the reply text and the en
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bot.characters import Character
-from bot.history import Turn
 from bot.prompt import build_prompt, render
+from bot.training_data import TrainingRecord
 from finetune.errors import FinetuneError
 
 IGNORE = -100  # label of tokens that carry no loss
@@ -45,41 +43,21 @@ class EncodedExample:
         return len(self.prefix) + len(self.body)
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The examples of a `finetune build` JSONL file; ExampleError names a bad line."""
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            context = [Turn(t["role"], t["author"], t["text"]) for t in record["context"]]
-            record["turns"] = context
-            str(record["reply"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ExampleError(
-                f"{path}:{number}: not an example written by `finetune build` ({exc!r}); "
-                'expected {"context": [{"role", "author", "text"}, ...], "reply": "..."}'
-            ) from None
-        records.append(record)
-    return records
-
-
 def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
 def encode_example(
-    record: dict[str, Any], character: Character, tokenizer: Any, *, max_seq_len: int
+    record: TrainingRecord, character: Character, tokenizer: Any, *, max_seq_len: int
 ) -> EncodedExample | None:
     """Token ids of one record; None when it has no user turn to answer."""
-    turns: list[Turn] = record["turns"]
-    if not turns or turns[-1].role != "user":
+    message = record.message
+    if message is None:
         return None
-    message, history = turns[-1], turns[:-1]
-    reply = record["reply"].strip()
-    if record.get("persona"):
-        character = character.model_copy(update={"description": str(record["persona"])})
+    history = list(record.context[:-1])
+    reply = record.reply.strip()
+    if record.persona:
+        character = character.model_copy(update={"description": record.persona})
     # The target: what the chat template writes for this reply after the generation prompt.
     probe = build_prompt(character, [], message, tokenizer=tokenizer, budget=10**9)
     full = render(tokenizer, [*probe.messages, {"role": "assistant", "content": reply}], False)
@@ -99,7 +77,7 @@ def encode_example(
     if not prompt.text.startswith(prefix_text) or prompt_ids[: len(prefix)] != prefix:
         prefix = []  # a template that is not additive: no sharing for this example
     return EncodedExample(
-        id=str(record.get("id", "")),
+        id=record.id,
         prefix=tuple(prefix),
         body=tuple(prompt_ids[len(prefix) :] + target),
         target_len=len(target),
@@ -107,7 +85,7 @@ def encode_example(
 
 
 def encode_all(
-    records: Iterable[dict[str, Any]], character: Character, tokenizer: Any, *, max_seq_len: int
+    records: Iterable[TrainingRecord], character: Character, tokenizer: Any, *, max_seq_len: int
 ) -> tuple[list[EncodedExample], int]:
     """Encoded examples, and how many records were skipped (no user turn before the reply)."""
     encoded, skipped = [], 0

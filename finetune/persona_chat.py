@@ -6,22 +6,20 @@ context. Rows are split by position: every `HELD_OUT_EVERY`-th row (0, 5, 10, ..
 for the report (`finetune eval`); only the others may train the persona-chat adapter
 (`python -m finetune train-persona-chat`).
 
-A record here is a `finetune build` record (turns, reply) plus `persona`: the speaker's persona,
-which `finetune.examples` puts in the card's description, so one adapter learns from many
-personas and is judged on personas it never saw.
+A record here is a `TrainingRecord` with `persona` (the speaker's persona, which
+`finetune.examples` puts in the card's description, so one adapter learns from many personas and
+is judged on personas it never saw) and `row`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bot.characters import Character
 from bot.config import PROJECT_ROOT
 from bot.history import Turn
+from bot.training_data import DatasetFiles, TrainingRecord, write_records
 from finetune.sources import read_spc_rows, spc_turns
 
 DEFAULT_ADAPTER = PROJECT_ROOT / "finetune" / "persona-chat" / "adapter"
@@ -56,40 +54,27 @@ def persona_card(persona: str | None, id: str = "persona") -> Character:
     return Character(id=id, name=SPEAKER, description=persona or NO_PERSONA, greeting="Hi!")
 
 
-def next_turn_records(dialogue: Dialogue, *, context_turns: int = 4) -> list[dict[str, Any]]:
+def next_turn_records(dialogue: Dialogue, *, context_turns: int = 4) -> list[TrainingRecord]:
     """User 2's turns that answer something, each with up to `context_turns` turns before it."""
     answers = [i for i, (speaker, _) in enumerate(dialogue.turns) if speaker == SPEAKER and i > 0]
     records = []
     for i in answers:
-        context = [
-            Turn("character" if s == SPEAKER else "user", s, text)
+        context = tuple(
+            Turn("character" if s == SPEAKER else "user", s, text, timestamp=0.0)
             for s, text in dialogue.turns[max(0, i - context_turns) : i]
-        ]
+        )
         if context[-1].role != "user":
             continue  # two User 2 turns in a row: nothing to answer
         records.append(
-            {
-                "id": f"row{dialogue.index}-turn{i}",
-                "row": dialogue.index,
-                "turns": context,
-                "reply": dialogue.turns[i][1],
-                "persona": " ".join(dialogue.personas.get(SPEAKER, [])) or NO_PERSONA,
-            }
+            TrainingRecord(
+                id=f"row{dialogue.index}-turn{i}",
+                context=context,
+                reply=dialogue.turns[i][1],
+                persona=" ".join(dialogue.personas.get(SPEAKER, [])) or NO_PERSONA,
+                row=dialogue.index,
+            )
         )
     return records
-
-
-def write_records(records: list[dict[str, Any]], path: Path) -> None:
-    """As `finetune build` writes them (context as role/author/text), via a temporary file."""
-    lines = []
-    for record in records:
-        context = [{"role": t.role, "author": t.author, "text": t.content} for t in record["turns"]]
-        fields = {k: v for k, v in record.items() if k != "turns"}
-        lines.append(json.dumps({**fields, "context": context}, ensure_ascii=False))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def training_files(
@@ -101,7 +86,7 @@ def training_files(
     rows = read_dialogues(spc_path)
     train_rows = [d for d in rows if not is_held_out(d)][:dialogues]
     eval_rows = [d for d in rows if is_held_out(d)][-eval_dialogues:]
-    train_path, eval_path = out_dir / "train.jsonl", out_dir / "eval.jsonl"
-    write_records([r for d in train_rows for r in next_turn_records(d)], train_path)
-    write_records([r for d in eval_rows for r in next_turn_records(d)], eval_path)
-    return train_path, eval_path
+    files = DatasetFiles(out_dir)
+    write_records(files.train, [r for d in train_rows for r in next_turn_records(d)])
+    write_records(files.eval, [r for d in eval_rows for r in next_turn_records(d)])
+    return files.train, files.eval

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from bot.training_data import DatasetFiles
 from finetune.errors import FinetuneError
 
-PROBES_FILE = Path("data") / "sources" / "probes.yaml"
 _KEYS = ("question", "rule", "must_not_match", "must_match")
 
 
@@ -110,7 +110,7 @@ def load_probes(path: Path | str) -> list[Probe]:
     return [_probe(item, f"{path}: item {n}") for n, item in enumerate(data, start=1)]
 
 
-def character_probes(character_dir: Path | str) -> list[Probe]:
-    """The probes of one character folder (`characters/<id>`), or [] when it has none."""
-    path = Path(character_dir) / PROBES_FILE
+def character_probes(characters_dir: Path, character_id: str) -> list[Probe]:
+    """The probes of one character (`DatasetFiles.probes`), or [] when it has none."""
+    path = DatasetFiles.of(characters_dir, character_id).probes
     return load_probes(path) if path.is_file() else []

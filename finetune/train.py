@@ -27,10 +27,10 @@ from transformers import get_scheduler
 from bot.characters import Character
 from bot.config import Config
 from bot.engine.loading import load_base_model
+from bot.training_data import DatasetFiles, read_records
 from finetune.errors import FinetuneError
-from finetune.examples import encode_all, read_records
+from finetune.examples import encode_all
 from finetune.losses import PrefixCache, batch_loss, evaluate, make_batches
-from finetune.losses import example_losses as example_losses  # re-exported: tests import it
 from finetune.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train `character`'s adapter on `data_dir/{train,eval}.jsonl` and write it to `out_dir`."""
-    train_path, eval_path = data_dir / "train.jsonl", data_dir / "eval.jsonl"
+    files = DatasetFiles(data_dir)
+    train_path, eval_path = files.train, files.eval
     if not train_path.exists():
         raise TrainError(
             f"{train_path} does not exist; make it with "

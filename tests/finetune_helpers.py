@@ -10,6 +10,7 @@ import pytest
 
 from finetune.build import (
     BuildError,
+    BuildOptions,
     BuildResult,
     add_build_arguments,
     run_build,
@@ -30,17 +31,10 @@ def parse_args(*argv: str | Path) -> argparse.Namespace:
 
 
 def build(chars: Path, *sources: str | Path, character: str = "goku", **options) -> BuildResult:
-    argv: list[str | Path] = [*sources, "--character", character, "--characters-dir", chars]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list):
-            for item in value:
-                argv += [flag, item]
-        else:
-            argv += [flag, value]
-    return run_build(parse_args(*argv))
+    """`run_build` with `BuildOptions` fields as keywords (lists become tuples)."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    paths = tuple(Path(s) for s in sources)
+    return run_build(BuildOptions(paths, character, characters_dir=chars, **options))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -48,7 +42,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def all_examples(result: BuildResult) -> list[dict]:
-    return read_jsonl(result.train_path) + read_jsonl(result.eval_path)
+    return read_jsonl(result.files.train) + read_jsonl(result.files.eval)
 
 
 def lines_of_scene(scene) -> list[tuple[str, str]]:

@@ -20,13 +20,15 @@ import yaml
 from bot.characters import load_character
 from bot.config import PROJECT_ROOT
 from finetune import cleaning
-from finetune.build import split_examples
+from finetune.build import BuildOptions
+from finetune.scene_examples import make_examples, split_examples
 from finetune.sources import NARRATOR
 from tests.finetune_helpers import (
     FIXTURES,
     all_examples,
     build,
     error_of,
+    parse_args,
     read_jsonl,
     renpy_parse,
 )
@@ -67,7 +69,7 @@ def test_build_with_card_writes_character_and_trains_on_its_examples(tmp_path):
     # The second scene's opening line is the character's own: context, role "character".
     second = all_examples(result)[1]["context"]
     assert second[0] == {"role": "character", "author": "Seraphina", "text": "*hums softly*"}
-    assert result.out_dir == chars / "seraphina" / "data"
+    assert result.files.folder == chars / "seraphina" / "data"
 
 
 # -- examples ---------------------------------------------------------------------------------
@@ -75,7 +77,7 @@ def test_build_with_card_writes_character_and_trains_on_its_examples(tmp_path):
 
 def test_examples_schema_roles_and_context_window(chars, tmp_path):
     result = build(chars, FIXTURES / "transcript.txt", eval_fraction=0, context_turns=2)
-    examples = read_jsonl(result.train_path)
+    examples = read_jsonl(result.files.train)
     assert all(list(e) == EXAMPLE_KEYS for e in examples)
     assert [e["reply"] for e in examples] == [
         "Aw, come on. Just a quick one!",
@@ -97,7 +99,7 @@ def test_examples_schema_roles_and_context_window(chars, tmp_path):
     again = build(
         chars, FIXTURES / "transcript.txt", eval_fraction=0, context_turns=2, out=tmp_path / "again"
     )
-    assert [e["id"] for e in read_jsonl(again.train_path)] == [e["id"] for e in examples]
+    assert [e["id"] for e in read_jsonl(again.files.train)] == [e["id"] for e in examples]
     assert len({e["id"] for e in examples}) == len(examples)
 
 
@@ -109,7 +111,7 @@ def test_aliases_and_speaker_option_identify_the_character(chars, tmp_path):
     result = build(chars, source, eval_fraction=0)
     assert [e["reply"] for e in all_examples(result)] == ["What?"]  # alias, any case
     assert result.speakers == {"Vegeta": 2, "Goku": 1, "Son": 1}
-    result = build(chars, source, eval_fraction=0, speaker=["son"])
+    result = build(chars, source, eval_fraction=0, speakers=["son"])
     assert [e["reply"] for e in all_examples(result)] == ["What?", "Later, okay?"]
 
 
@@ -156,7 +158,7 @@ def test_drop_patterns_min_length_and_duplicates_are_recorded(chars, tmp_path):
         encoding="utf-8",
     )
     result = build(
-        chars, source, eval_fraction=0, drop_pattern=["(?i)subtitles by"], near_dup_threshold=0.8
+        chars, source, eval_fraction=0, drop_patterns=["(?i)subtitles by"], near_dup_threshold=0.8
     )
     assert [e["reply"] for e in all_examples(result)] == [
         "Hey! Wanna train with me today?",
@@ -168,10 +170,10 @@ def test_drop_patterns_min_length_and_duplicates_are_recorded(chars, tmp_path):
         "duplicate reply": 1,
         "near-duplicate reply": 1,
     }
-    card = json.loads(result.card_json_path.read_text(encoding="utf-8"))
+    card = json.loads(result.files.card_json.read_text(encoding="utf-8"))
     near = card["dropped"]["near-duplicate reply"]["samples"][0]
     assert near.startswith(f"{source}:10: Hey! Wanna train with me today, pal?")
-    assert "near-duplicate reply" in result.card_md_path.read_text(encoding="utf-8")
+    assert "near-duplicate reply" in result.files.card_markdown.read_text(encoding="utf-8")
 
 
 def test_near_duplicates_exact_and_fast():
@@ -226,15 +228,15 @@ def many_scenes(tmp_path: Path, count: int = 40) -> Path:
 def test_split_by_scene_is_deterministic_and_leaks_nothing(chars, tmp_path):
     source = many_scenes(tmp_path)
     first = build(chars, source, eval_fraction=0.25, seed=3)
-    train, eval_ = read_jsonl(first.train_path), read_jsonl(first.eval_path)
+    train, eval_ = read_jsonl(first.files.train), read_jsonl(first.files.eval)
     assert len(train) + len(eval_) == 80 and 0 < len(eval_) < 80
     assert {e["scene"] for e in train}.isdisjoint({e["scene"] for e in eval_})
     train_texts = {e["reply"] for e in train} | {c["text"] for e in train for c in e["context"]}
     assert not any(e["reply"] in train_texts for e in eval_)
     again = build(chars, source, eval_fraction=0.25, seed=3, out=tmp_path / "again")
-    assert read_jsonl(again.eval_path) == eval_
+    assert read_jsonl(again.files.eval) == eval_
     other = build(chars, source, eval_fraction=0.25, seed=4, out=tmp_path / "other")
-    assert {e["scene"] for e in read_jsonl(other.eval_path)} != {e["scene"] for e in eval_}
+    assert {e["scene"] for e in read_jsonl(other.files.eval)} != {e["scene"] for e in eval_}
 
 
 def test_eval_is_never_empty_with_two_scenes(chars, tmp_path):
@@ -246,16 +248,15 @@ def test_eval_is_never_empty_with_two_scenes(chars, tmp_path):
 
 
 def test_renpy_menu_branches_split_with_their_label():
-    from finetune.build import make_examples
-
     scenes = renpy_parse().scenes
-    examples = make_examples(
+    examples, _ = make_examples(
         scenes, lambda s: s == "Kira", "Kira", context_turns=6, max_turn_chars=600
     )
+    group_of = {scene.id: scene.group for scene in scenes}
     for seed in range(20):
-        train, eval_ = split_examples(examples, 0.5, seed)
-        train_groups = {e.group for e in train}
-        assert train_groups.isdisjoint({e.group for e in eval_})
+        train, eval_ = split_examples(examples, group_of, 0.5, seed)
+        train_groups = {group_of[e.scene] for e in train}
+        assert train_groups.isdisjoint({group_of[e.scene] for e in eval_})
     # Context-only copies before a choice are never replies themselves.
     prompts = [e.reply for e in examples if "Want a tour of the town?" in e.reply]
     assert prompts == ["Fine, fine. I'll be nice.\nWant a tour of the town?"]
@@ -266,7 +267,7 @@ def test_renpy_menu_branches_split_with_their_label():
 
 def test_dataset_card_figures(chars):
     result = build(chars, FIXTURES / "transcript.txt", FIXTURES / "episode.srt", eval_fraction=0)
-    card = json.loads(result.card_json_path.read_text(encoding="utf-8"))
+    card = json.loads(result.files.card_json.read_text(encoding="utf-8"))
     assert [(s["path"], s["lines"]) for s in card["sources"]] == [
         (str(FIXTURES / "transcript.txt"), 9),
         (str(FIXTURES / "episode.srt"), 7),
@@ -274,7 +275,7 @@ def test_dataset_card_figures(chars):
     assert card["speakers"]["Goku"] == card["character_lines"] == 7
     assert card["examples"]["train"] == result.train_examples == 6
     assert card["dropped"]["stage direction"]["count"] == 1
-    markdown = result.card_md_path.read_text(encoding="utf-8")
+    markdown = result.files.card_markdown.read_text(encoding="utf-8")
     assert "| Goku | 7 |" in markdown and "**subtitle without a speaker name**: 1" in markdown
     assert "Coming" not in result.summary() and "6 train and 0 eval" in result.summary()
 
@@ -357,12 +358,41 @@ def test_unknown_character_and_missing_character_lines(chars, tmp_path):
     assert "speakers found: Vegeta (4), Goku (2), Bulma (1)" in message
 
 
+def test_command_line_maps_onto_build_options(tmp_path):
+    args = parse_args(
+        "a.txt",
+        "b/",
+        "--character",
+        "goku",
+        "--speaker",
+        "Kakarot",
+        "--speaker",
+        "son",
+        "--drop-pattern",
+        "x+",
+        "--eval-fraction",
+        "0.2",
+        "--spc-row",
+        "3",
+        "--force",
+    )
+    assert BuildOptions.from_args(args) == BuildOptions(
+        (Path("a.txt"), Path("b")),
+        "goku",
+        speakers=("Kakarot", "son"),
+        drop_patterns=("x+",),
+        eval_fraction=0.2,
+        spc_row=3,
+        force=True,
+    )
+
+
 def test_bad_options_are_refused(chars):
     transcript = FIXTURES / "transcript.txt"
     assert "not a valid regular expression" in error_of(
-        build, chars, transcript, drop_pattern=["(unclosed"]
+        build, chars, transcript, drop_patterns=["(unclosed"]
     )
-    assert "--eval-fraction 1.0" in error_of(build, chars, transcript, eval_fraction=1)
+    assert "--eval-fraction 1.0" in error_of(build, chars, transcript, eval_fraction=1.0)
     assert "not found" in error_of(build, chars, FIXTURES / "missing.txt")
     assert "rows 0 to 1" in error_of(
         build, chars, FIXTURES / "persona_chat.csv", character="chef", spc_row=5
@@ -440,6 +470,6 @@ def test_real_synthetic_persona_chat(tmp_path):
     assert result.scenes == 1000
     assert set(result.speakers) == {"User 1", "Persona"}  # User 2 plays the character
     assert result.speakers["Persona"] > 13_000 and result.dropped["duplicate reply"] > 1000
-    first = read_jsonl(result.train_path)[0]
+    first = read_jsonl(result.files.train)[0]
     assert first["context"][0] == {"role": "user", "author": "User 1", "text": "Hi!"}
     assert first["reply"] == "Hello!" and first["source"] == f"{csv_path}:9"

@@ -17,9 +17,11 @@ from bot.characters import CharacterRegistry
 from bot.engine import GenerationRequest, SamplingSettings
 from bot.history import Turn
 from bot.prompt import build_prompt
-from finetune.examples import encode_example, read_records
+from bot.training_data import DatasetFiles, RecordError, TrainingRecord, read_records, write_records
+from finetune.examples import encode_example
+from finetune.losses import batch_loss, make_batches
 from finetune.recipe import RecipeError, load_recipe
-from finetune.train import batch_loss, make_batches, train
+from finetune.train import train
 from tests.helpers import PROJECT_ROOT, make_character
 
 QA = [
@@ -32,16 +34,17 @@ QA = [
 ]
 
 
-def record(question: str, answer: str, *, before: list[dict] | None = None, ident: str = "x"):
-    context = [*(before or []), {"role": "user", "author": "Mika", "text": question}]
-    return {"id": ident, "scene": ident, "source": "test", "context": context, "reply": answer}
+def record(
+    question: str, answer: str, *, before: list[Turn] | None = None, ident: str = "x"
+) -> TrainingRecord:
+    context = (*(before or []), Turn("user", "Mika", question, timestamp=0.0))
+    return TrainingRecord(ident, context, answer, scene=ident, source="test")
 
 
 def write_dataset(folder, train_records, eval_records) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, records in (("train", train_records), ("eval", eval_records)):
-        lines = [json.dumps(r) for r in records]
-        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    files = DatasetFiles(folder)
+    write_records(files.train, train_records)
+    write_records(files.eval, eval_records)
 
 
 @pytest.fixture
@@ -49,22 +52,15 @@ def goku():
     return CharacterRegistry.load(PROJECT_ROOT / "characters").get("goku")
 
 
-def loaded(records):
-    """Records as the trainer reads them from a file."""
-    for r in records:
-        r["turns"] = [Turn(t["role"], t["author"], t["text"]) for t in r["context"]]
-    return records
-
-
 # -- masks -------------------------------------------------------------------------------------
 
 
 def test_target_is_the_reply_and_end_of_turn_and_prompt_is_the_inference_prompt(goku, tokenizer):
     before = [
-        {"role": "user", "author": "Krillin", "text": "Goku, you up for a spar?"},
-        {"role": "character", "author": "Goku", "text": "Always! Let's go!"},
+        Turn("user", "Krillin", "Goku, you up for a spar?"),
+        Turn("character", "Goku", "Always! Let's go!"),
     ]
-    [rec] = loaded([record("Are you hungry after that?", "Starving!", before=before)])
+    rec = record("Are you hungry after that?", "Starving!", before=before)
     example = encode_example(rec, goku, tokenizer, max_seq_len=1536)
     prompt_len = len(example.body) - example.target_len
     trained = tokenizer.decode(list(example.body[prompt_len:]))
@@ -72,8 +68,8 @@ def test_target_is_the_reply_and_end_of_turn_and_prompt_is_the_inference_prompt(
     assert "Goku:" not in trained
     inference = build_prompt(
         goku,
-        rec["turns"][:-1],
-        rec["turns"][-1],
+        list(rec.context[:-1]),
+        rec.context[-1],
         tokenizer=tokenizer,
         budget=1536 - example.target_len,
     )
@@ -86,23 +82,22 @@ def test_target_is_the_reply_and_end_of_turn_and_prompt_is_the_inference_prompt(
 
 
 def test_long_examples_fit_max_seq_len_dropping_history_first(goku, tokenizer):
-    before = [{"role": "user", "author": "Sam", "text": "train " * 300}]
-    [rec] = loaded([record("And now?", "Now we eat!", before=before)])
+    before = [Turn("user", "Sam", "train " * 300)]
+    rec = record("And now?", "Now we eat!", before=before)
     example = encode_example(rec, goku, tokenizer, max_seq_len=1100)
     assert len(example) <= 1100
     assert tokenizer.decode(list(example.body[-example.target_len :])).startswith("Now we eat!")
 
 
 def test_a_reply_without_a_user_turn_before_it_is_skipped(goku, tokenizer):
-    rec = {"id": "a", "context": [{"role": "character", "author": "Goku", "text": "Hi"}]}
-    rec["reply"] = "Hey"
-    assert encode_example(loaded([rec])[0], goku, tokenizer, max_seq_len=512) is None
+    rec = TrainingRecord("a", (Turn("character", "Goku", "Hi"),), "Hey")
+    assert encode_example(rec, goku, tokenizer, max_seq_len=512) is None
 
 
 def test_malformed_dataset_line_names_file_and_line(tmp_path):
     path = tmp_path / "train.jsonl"
-    path.write_text(json.dumps(record("a?", "b")) + "\n{not json}\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"train.jsonl:2: not an example"):
+    path.write_text(record("a?", "b").to_json() + "\n{not json}\n", encoding="utf-8")
+    with pytest.raises(RecordError, match=r"train.jsonl:2: not a training record: not JSON"):
         read_records(path)
 
 
@@ -110,7 +105,7 @@ def test_malformed_dataset_line_names_file_and_line(tmp_path):
 
 
 def test_shared_prefix_loss_equals_full_sequence_loss(engine, goku, tokenizer):
-    records = loaded([record(q, a, ident=str(i)) for i, (q, a) in enumerate(QA[:4])])
+    records = [record(q, a, ident=str(i)) for i, (q, a) in enumerate(QA[:4])]
     examples = [encode_example(r, goku, tokenizer, max_seq_len=1536) for r in records]
     assert len({e.prefix for e in examples}) == 1 and examples[0].prefix
     [batch] = make_batches(examples, batch_size=8, seed=0)
@@ -123,7 +118,7 @@ def test_shared_prefix_loss_equals_full_sequence_loss(engine, goku, tokenizer):
 
 
 def test_shared_prefix_gradient_reaches_the_adapter(engine, goku, tokenizer):
-    records = loaded([record(q, a, ident=str(i)) for i, (q, a) in enumerate(QA[:2])])
+    records = [record(q, a, ident=str(i)) for i, (q, a) in enumerate(QA[:2])]
     batch = [encode_example(r, goku, tokenizer, max_seq_len=1536) for r in records]
     import copy
 
@@ -257,7 +252,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
 
 def test_make_batches_share_one_prefix_per_batch(goku, tokenizer):
     other = make_character()
-    records = loaded([record(q, a, ident=str(i)) for i, (q, a) in enumerate(QA)])
+    records = [record(q, a, ident=str(i)) for i, (q, a) in enumerate(QA)]
     examples = [encode_example(r, goku, tokenizer, max_seq_len=1536) for r in records[:3]]
     examples += [encode_example(r, other, tokenizer, max_seq_len=1536) for r in records[3:]]
     batches = make_batches(examples, batch_size=4, seed=1)
@@ -271,7 +266,7 @@ def test_fingerprint_allows_no_eval_file_and_changes_with_the_recipe(tmp_path):
     from finetune.train import data_hash
 
     train_file = tmp_path / "train.jsonl"
-    train_file.write_text(json.dumps(record("a?", "b")) + "\n")
+    train_file.write_text(record("a?", "b").to_json() + "\n")
     missing_eval = tmp_path / "eval.jsonl"
     first = data_hash(train_file, missing_eval, recipe=Recipe(), base="embedded")
     assert first == data_hash(train_file, missing_eval, recipe=Recipe(), base="embedded")

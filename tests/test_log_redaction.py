@@ -21,8 +21,9 @@ from aiohttp.test_utils import TestServer
 from discord.http import HTTPClient, MultipartParameters, Route
 from discord.webhook.async_ import AsyncWebhookAdapter
 
-from bot.__main__ import config_secrets, setup_logging
+from bot.__main__ import config_secrets
 from bot.log_redaction import REDACTED, SecretRedactingFilter, install_redaction, redact
+from bot.logging_setup import setup_logging
 from tests.helpers import make_config
 
 BOT_TOKEN = "MTA1NzY1NjE4NjE0NTI1NTQ1OA.GxYz12.bot-token-for-redaction-tests_abcdefgh"

@@ -236,7 +236,7 @@ def test_load_probes_errors_name_file_and_item(tmp_path, text, message):
 def test_load_probes_reads_a_good_file(tmp_path):
     probes = load_probes(_write(tmp_path, GOOD))
     assert probes == [Probe(question="Q1?", rule="r", must_match="yes")]
-    assert character_probes(tmp_path / "no-such-character") == []
+    assert character_probes(tmp_path, "no-such-character") == []
 
 
 def test_shipped_probe_files_load():

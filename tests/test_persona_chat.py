@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bot.config import PROJECT_ROOT
-from finetune.examples import encode_all, encode_example, read_records
+from bot.training_data import read_records
+from finetune.examples import encode_all, encode_example
+from finetune.losses import evaluate, example_losses, make_batches
 from finetune.persona_chat import (
     NO_PERSONA,
     next_turn_records,
@@ -19,7 +22,6 @@ from finetune.persona_chat import (
     training_files,
 )
 from finetune.recipe import Recipe
-from finetune.train import evaluate, example_losses, make_batches
 from tests.helpers import write_spc
 
 FIXTURE = Path(__file__).parent / "fixtures" / "finetune" / "persona_chat.csv"
@@ -40,16 +42,16 @@ def test_dialogues_are_read_as_build_reads_them():
 def test_next_turn_records_answer_user_1_with_context_and_persona():
     first, _ = read_dialogues(FIXTURE)
     records = next_turn_records(first, context_turns=2)
-    assert [r["reply"] for r in records] == [
+    assert [r.reply for r in records] == [
         "I'm a chef. I cook spicy food all day.",
         "You get used to it. It just takes practice.",
     ]
-    assert [(t.role, t.author) for t in records[1]["turns"]] == [
+    assert [(t.role, t.author) for t in records[1].context] == [
         ("character", "User 2"),
         ("user", "User 1"),
     ]
-    assert records[0]["persona"] == "I am a chef. I love spicy food."
-    assert [r["row"] for r in records] == [0, 0]
+    assert records[0].persona == "I am a chef. I love spicy food."
+    assert [r.row for r in records] == [0, 0]
 
 
 def test_training_files_never_hold_a_held_out_dialogue(tmp_path):
@@ -57,14 +59,14 @@ def test_training_files_never_hold_a_held_out_dialogue(tmp_path):
     train, held = training_files(spc, tmp_path / "data", dialogues=100, eval_dialogues=1)
 
     def rows(path: Path) -> set[int]:
-        return {int(r["id"].split("-")[0].removeprefix("row")) for r in read_records(path)}
+        return {int(r.id.split("-")[0].removeprefix("row")) for r in read_records(path)}
 
     assert rows(train) == {1, 2, 3, 4, 6, 7, 8, 9, 11}  # every 5th row (0, 5, 10) held out
     assert rows(held) == {10}  # the last held-out row; the report starts from row 0
     for record in read_records(train):
-        k = record["id"].split("-")[0].removeprefix("row")
-        assert record["persona"] == f"I keep {k} goats."
-        assert record["reply"].startswith(f"I have {k} goats")
+        k = record.id.split("-")[0].removeprefix("row")
+        assert record.persona == f"I keep {k} goats."
+        assert record.reply.startswith(f"I have {k} goats")
     assert len(read_records(train)) == 9 * 3
     assert not list((tmp_path / "data").glob("*.tmp"))
 
@@ -73,7 +75,7 @@ def test_a_record_s_persona_is_the_card_description(tokenizer):
     record = next_turn_records(read_dialogues(FIXTURE)[0])[0]
     card = persona_card(None)
     with_persona = encode_example(record, card, tokenizer, max_seq_len=512)
-    without = encode_example({**record, "persona": None}, card, tokenizer, max_seq_len=512)
+    without = encode_example(replace(record, persona=None), card, tokenizer, max_seq_len=512)
     assert "I am a chef. I love spicy food." in tokenizer.decode(with_persona.prefix)
     assert NO_PERSONA in tokenizer.decode(without.prefix)
     assert with_persona.body[-with_persona.target_len :] == without.body[-without.target_len :]

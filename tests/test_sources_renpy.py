@@ -82,7 +82,7 @@ def test_renpy_unknown_speaker_is_an_error_unless_named(tmp_path, chars):
     assert message.startswith("solo.rpy:3: unknown speaker 'g'")
     assert "--speaker g" in message
     # --speaker g: the variable is the character's own name for this script.
-    result = build(chars, script, speaker=["g"], eval_fraction=0)
+    result = build(chars, script, speakers=["g"], eval_fraction=0)
     assert [e["reply"] for e in all_examples(result)] == ["Who, me?"]
     assert all_examples(result)[0]["context"] == [
         {"role": "user", "author": NARRATOR, "text": "Hello."}

@@ -92,17 +92,21 @@ def spc_speaker(name: str) -> str:
     raise BuildError(f"--spc-speaker {name!r} is unknown; allowed: 'User 1', 'User 2'")
 
 
+def pick_spc_row(rows: list[SpcRow], index: int, src: str) -> SpcRow:
+    """Data row `index` (0 = first) of the file, or a BuildError naming the allowed range."""
+    if not 0 <= index < len(rows):
+        raise BuildError(
+            f"{src}: --spc-row {index} is out of range; the file has rows 0 to {len(rows) - 1}"
+        )
+    return rows[index]
+
+
 def parse_spc(path: Path, options: ParseOptions, display: str | None = None) -> ParsedSource:
     src = display or str(path)
     rows = read_spc_rows(path, src)
     who = spc_speaker(options.spc_speaker)
     if options.spc_row is not None:
-        if not 0 <= options.spc_row < len(rows):
-            raise BuildError(
-                f"{src}: --spc-row {options.spc_row} is out of range; the file has rows "
-                f"0 to {len(rows) - 1}"
-            )
-        rows = [rows[options.spc_row]]
+        rows = [pick_spc_row(rows, options.spc_row, src)]
     scenes: list[Scene] = []
     dropped: list[Dropped] = []
     for row in rows:

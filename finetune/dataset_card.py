@@ -1,0 +1,74 @@
+"""The dataset card of a build: what went in, what came out, what was dropped and why.
+
+`dataset_card.json` holds the figures (`card_data`); `dataset_card.md` shows them to a person
+(`card_markdown`). Both are written beside train.jsonl and eval.jsonl by `finetune build`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from finetune.sources import Dropped
+
+SAMPLES_PER_REASON = 5
+
+
+def dropped_summary(dropped: Sequence[Dropped]) -> dict[str, dict[str, Any]]:
+    """Reason -> count and a few samples, most frequent reason first."""
+    by_reason: dict[str, list[Dropped]] = defaultdict(list)
+    for d in dropped:
+        by_reason[d.reason].append(d)
+    return {
+        reason: {"count": len(items), "samples": [_sample(d) for d in items[:SAMPLES_PER_REASON]]}
+        for reason, items in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
+    }
+
+
+def _sample(d: Dropped) -> str:
+    text = " ".join(d.text.split())
+    text = text[:100] + ("…" if len(text) > 100 else "")
+    return f"{d.source}:{d.line}: {text}".replace("`", "'")
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    out = [
+        f"# Dataset card: {card['character']['name']} ({card['character']['id']})",
+        "",
+        f"Built by `python -m finetune build`; {card['examples']['train']} training and "
+        f"{card['examples']['eval']} evaluation examples from {card['scenes']} scenes "
+        f"({card['split']['eval_groups']} of {card['split']['groups']} scene groups in eval, "
+        f"eval fraction {card['options']['eval_fraction']}, seed {card['options']['seed']}).",
+        "",
+        "## Sources",
+        "",
+        "| source | kind | dialogue lines | file lines |",
+        "|---|---|---|---|",
+    ]
+    for source in card["sources"]:
+        cells = (f"`{source['path']}`", source["kind"], source["lines"], source["file_lines"])
+        out.append("| " + " | ".join(map(str, cells)) + " |")
+    out += ["", "## Lines per speaker (after cleaning)", "", "| speaker | lines |", "|---|---|"]
+    out += [f"| {name} | {count} |" for name, count in list(card["speakers"].items())[:30]]
+    if len(card["speakers"]) > 30:
+        out.append(f"| ({len(card['speakers']) - 30} more) | |")
+    out += [
+        "",
+        "## Examples",
+        "",
+        f"- character lines: {card['character_lines']}",
+        f"- examples before filtering: {card['examples']['candidates']}",
+        f"- train: {card['examples']['train']}, eval: {card['examples']['eval']}",
+    ]
+    if card.get("tokens"):
+        out += [f"- {key.replace('_', ' ')}: {value}" for key, value in card["tokens"].items()]
+    out += ["", "## Dropped", ""]
+    if not card["dropped"]:
+        out.append("Nothing was dropped.")
+    for reason, entry in card["dropped"].items():
+        out.append(f"- **{reason}**: {entry['count']}")
+        out += [f"  - `{sample}`" for sample in entry["samples"]]
+    out += ["", "## Options", "", "```json", json.dumps(card["options"], indent=2), "```", ""]
+    return "\n".join(out)
