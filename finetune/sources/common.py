@@ -88,6 +88,9 @@ class ParseOptions:
     spc_speaker: str = "User 2"
     spc_row: int | None = None
     known_names: frozenset[str] = frozenset()  # casefolded character names and --speaker names
+    # Plain transcripts with no scene marker between speeches: the most speeches in one scene
+    # (a longer scene is cut into equal parts); 0 = no limit. Files with markers are not cut.
+    scene_speeches: int = 40
     renpy: RenpyDefinitions | None = None
 
 
@@ -165,10 +168,33 @@ def _name_ok(name: str) -> bool:
     return bool(name) and len(name.split()) <= 4 and not _BAD_NAME_CHARS.search(name)
 
 
+# A regnal number (I to XXXIX): only I, V and X, so that names such as LI, LIV or MIX are not
+# taken for numerals.
+_ROMAN_NUMERAL = re.compile(r"X{0,3}(?:IX|IV|V?I{0,3})")
+# Words that stay lower case inside a name: `DUKE OF YORK` -> `Duke of York`.
+_LINKING_WORDS = frozenset(
+    {"a", "an", "and", "at", "da", "de", "del", "der", "di", "du", "in", "la", "le", "of", "on"}
+    | {"the", "to", "van", "von"}
+)
+
+
 def display_name(name: str) -> str:
-    """Speaker names as shown: whitespace collapsed, ALL CAPS in title case."""
-    name = " ".join(name.split())
-    return name.title() if name.isupper() and len(name) > 1 else name
+    """Speaker names as shown: whitespace collapsed, ALL CAPS in title case, except Roman
+    numerals and joining words after the first word (`KING RICHARD III` -> `King Richard
+    III`, `DUKE OF YORK` -> `Duke of York`)."""
+    words = name.split()
+    name = " ".join(words)
+    if not name.isupper() or len(name) <= 1:
+        return name
+    return " ".join(_title_word(word, first=index == 0) for index, word in enumerate(words))
+
+
+def _title_word(word: str, *, first: bool) -> str:
+    if first:
+        return word.title()
+    if _ROMAN_NUMERAL.fullmatch(word):
+        return word
+    return word.lower() if word.lower() in _LINKING_WORDS else word.title()
 
 
 def named_line(text: str) -> tuple[str, str] | None:
