@@ -33,7 +33,7 @@ from bot.characters import Character, CharacterError, CharacterRegistry
 from bot.files import write_files_atomically
 from bot.training_data import DatasetFiles, TrainingRecord, records_text
 from finetune import cards, cleaning
-from finetune.dataset_card import card_markdown, dropped_summary
+from finetune.dataset_card import card_markdown, dropped_summary, split_warnings
 from finetune.scene_examples import filter_examples, make_examples, split_examples
 from finetune.sources import (
     CARD_EXTENSIONS,
@@ -74,6 +74,7 @@ class BuildOptions:
     eval_fraction: float = 0.1
     seed: int = 0
     scene_gap: float = 10.0
+    scene_speeches: int = ParseOptions.scene_speeches
     renpy_player: str = "Player"
     renpy_narration: str = "keep"
     spc_speaker: str = "User 2"
@@ -89,6 +90,10 @@ class BuildOptions:
             raise BuildError(f"--context-turns {self.context_turns}: allowed: 1 or more")
         if self.max_turn_chars < 1 or self.min_reply_chars < 0:
             raise BuildError("--max-turn-chars must be 1 or more and --min-reply-chars 0 or more")
+        if self.scene_speeches < 0:
+            raise BuildError(
+                f"--scene-speeches {self.scene_speeches}: allowed: 0 (no limit) or more"
+            )
         if self.scene_gap <= 0:
             raise BuildError(f"--scene-gap {self.scene_gap}: allowed: more than 0 seconds")
         if self.renpy_narration not in ("keep", "drop"):
@@ -113,6 +118,7 @@ class BuildOptions:
             "eval_fraction": self.eval_fraction,
             "seed": self.seed,
             "scene_gap": self.scene_gap,
+            "scene_speeches": self.scene_speeches,
             "renpy_player": self.renpy_player,
             "renpy_narration": self.renpy_narration,
             "spc_speaker": self.spc_speaker,
@@ -144,6 +150,7 @@ class BuildResult:
             f"{self.character_id}: {self.train_examples} train and {self.eval_examples} eval "
             f"examples from {self.character_lines} of {self.lines} lines in {self.scenes} scenes "
             f"-> {self.files.folder}{wrote}\ndropped: {dropped}"
+            + "".join(f"\nwarning: {w}" for w in self.warnings)
         )
 
 
@@ -238,6 +245,14 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         default=default.scene_gap,
         metavar="SECONDS",
         help="subtitles: a pause longer than this starts a new scene (default %(default)s)",
+    )
+    parser.add_argument(
+        "--scene-speeches",
+        type=int,
+        default=default.scene_speeches,
+        metavar="N",
+        help="plain transcripts without scene markers: cut scenes longer than N speeches into "
+        "equal parts, so that eval can hold out whole scenes (default %(default)s; 0: no limit)",
     )
     parser.add_argument(
         "--renpy-player",
@@ -397,6 +412,7 @@ def parse_sources(
         player_name=options.renpy_player,
         narration=options.renpy_narration,
         scene_gap=options.scene_gap,
+        scene_speeches=options.scene_speeches,
         spc_speaker=options.spc_speaker,
         spc_row=options.spc_row,
         known_names=names,
@@ -477,7 +493,7 @@ def run_build(options: BuildOptions) -> BuildResult:
         )
 
     # 3. examples and the split
-    candidates, _ = make_examples(
+    candidates, unused = make_examples(
         scenes,
         is_character,
         character.name,
@@ -487,7 +503,7 @@ def run_build(options: BuildOptions) -> BuildResult:
     examples, example_dropped = filter_examples(
         candidates, options.min_reply_chars, options.near_dup_threshold
     )
-    dropped += example_dropped
+    dropped += unused + example_dropped
     if not examples:
         raise BuildError(
             f"{character.name} has {speakers[character.name]} lines but no example survived: "
@@ -501,6 +517,12 @@ def run_build(options: BuildOptions) -> BuildResult:
     # 4. output
     files_out = DatasetFiles(options.out or DatasetFiles.of(characters_dir, character.id).folder)
     summary = dropped_summary(dropped)
+    groups = {group_of[e.scene] for e in examples}
+    warnings = split_warnings(
+        len(train), len(eval_), len(groups), options.eval_fraction, len(scenes)
+    )
+    for warning in warnings:
+        log.warning("%s: %s", character.id, warning)
     card_data = {
         "character": {"id": character.id, "name": character.name, "names": sorted(names)},
         "sources": [
@@ -512,11 +534,12 @@ def run_build(options: BuildOptions) -> BuildResult:
         "character_lines": speakers[character.name],
         "examples": {"candidates": len(candidates), "train": len(train), "eval": len(eval_)},
         "split": {
-            "groups": len({group_of[e.scene] for e in examples}),
+            "groups": len(groups),
             "eval_groups": len({group_of[e.scene] for e in eval_}),
             "rule": "sha256(seed:scene group) / 2**64 < eval_fraction",
         },
         "dropped": summary,
+        "warnings": warnings,
         "tokens": tokens,
         "options": options.card_options(),
     }
@@ -542,4 +565,5 @@ def run_build(options: BuildOptions) -> BuildResult:
         speakers=dict(speakers),
         character_yaml=written,
         tokens=tokens,
+        warnings=warnings,
     )

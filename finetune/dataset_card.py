@@ -33,6 +33,36 @@ def _sample(d: Dropped) -> str:
     return f"{d.source}:{d.line}: {text}".replace("`", "'")
 
 
+def split_warnings(
+    train: int, eval_: int, groups: int, eval_fraction: float, scenes: int
+) -> list[str]:
+    """What is wrong with a split a person should know before training on it."""
+    if eval_fraction == 0:
+        return []
+    if groups < 2:
+        return [
+            f"eval.jsonl is empty: every example comes from one of {scenes} scenes, and a scene "
+            "is never split; give the source scene markers (or a smaller --scene-speeches for "
+            "plain transcripts) so that a share of whole scenes can be held out"
+        ]
+    total = train + eval_
+    share = eval_ / total
+    # One whole group is the least eval can hold: with few groups a large share is expected.
+    if eval_ > train or share > max(2 * eval_fraction, eval_fraction + 0.1, 1.5 / groups):
+        return [
+            f"lopsided split: eval.jsonl holds {eval_} of {total} examples ({share:.0%}) for an "
+            f"eval fraction of {eval_fraction:.0%}: {groups} scene groups are too few or too "
+            "uneven; more, shorter scenes (markers, --scene-speeches) give a split near the "
+            "fraction"
+        ]
+    if total >= 20 and share < eval_fraction / 3:
+        return [
+            f"lopsided split: eval.jsonl holds only {eval_} of {total} examples ({share:.0%}) for "
+            f"an eval fraction of {eval_fraction:.0%}; the eval loss will be noisy"
+        ]
+    return []
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     out = [
         f"# Dataset card: {card['character']['name']} ({card['character']['id']})",
@@ -42,6 +72,10 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"({card['split']['eval_groups']} of {card['split']['groups']} scene groups in eval, "
         f"eval fraction {card['options']['eval_fraction']}, seed {card['options']['seed']}).",
         "",
+    ]
+    if card["warnings"]:
+        out += ["## Warnings", "", *(f"- {warning}" for warning in card["warnings"]), ""]
+    out += [
         "## Sources",
         "",
         "| source | kind | dialogue lines | file lines |",
@@ -50,7 +84,15 @@ def card_markdown(card: dict[str, Any]) -> str:
     for source in card["sources"]:
         cells = (f"`{source['path']}`", source["kind"], source["lines"], source["file_lines"])
         out.append("| " + " | ".join(map(str, cells)) + " |")
-    out += ["", "## Lines per speaker (after cleaning)", "", "| speaker | lines |", "|---|---|"]
+    out += [
+        "",
+        "## Lines per speaker (after cleaning)",
+        "",
+        f"{len(card['speakers'])} speakers found.",
+        "",
+        "| speaker | lines |",
+        "|---|---|",
+    ]
     out += [f"| {name} | {count} |" for name, count in list(card["speakers"].items())[:30]]
     if len(card["speakers"]) > 30:
         out.append(f"| ({len(card['speakers']) - 30} more) | |")

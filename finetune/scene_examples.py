@@ -10,7 +10,8 @@ Rules (steps 4 to 6 of `finetune build`):
      to answer and is reported as dropped. Short, duplicate and near-duplicate replies are
      dropped as targets (the turn stays as context).
   6. Split by scene group: sha256(seed:group) decides, so the same input and seed always give
-     the same split and a scene never straddles it; with 2+ groups eval and train are non-empty.
+     the same split and a scene never straddles it; with 2+ groups eval and train are
+     non-empty, and a single group always trains.
 """
 
 from __future__ import annotations
@@ -131,7 +132,9 @@ def split_examples(
     `group_of` maps a scene id to its group (scenes of one group share a split)."""
     groups = sorted({group_of[e.scene] for e in examples}, key=lambda g: (split_unit(g, seed), g))
     evals = {g for g in groups if split_unit(g, seed) < eval_fraction}
-    if eval_fraction > 0 and len(groups) >= 2:
+    if len(groups) < 2:
+        evals = set()  # the only group trains: holding it out would leave nothing to learn
+    elif eval_fraction > 0:
         if not evals:
             evals = {groups[0]}  # the lowest hash: still decided by hash and seed
         if len(evals) == len(groups):

@@ -473,3 +473,81 @@ def test_real_synthetic_persona_chat(tmp_path):
     first = read_jsonl(result.files.train)[0]
     assert first["context"][0] == {"role": "user", "author": "User 1", "text": "Hi!"}
     assert first["reply"] == "Hello!" and first["source"] == f"{csv_path}:9"
+
+
+# -- what the dataset card tells the person who built it -------------------------------------
+
+PLAY = Path(__file__).parent / "fixtures" / "transcript" / "play_block.txt"
+
+
+def card_of(result) -> dict:
+    return json.loads(result.files.card_json.read_text(encoding="utf-8"))
+
+
+def test_a_play_without_scene_markers_gets_a_usable_split(chars, tmp_path):
+    write_character(chars, id="richard", name="King Richard III")
+    result = build(chars, PLAY, character="richard")
+    card = card_of(result)
+    # 95 speeches with no marker become 4 scenes of at most 40; eval holds whole scenes.
+    assert (card["scenes"], card["split"]["groups"]) == (4, 4)
+    assert result.eval_examples > 0 and result.eval_examples < result.train_examples
+    assert result.warnings == [] and card["warnings"] == []
+    markdown = result.files.card_markdown.read_text(encoding="utf-8")
+    assert "12 speakers found." in markdown and "## Warnings" not in markdown
+
+
+def test_one_scene_means_no_eval_set_and_the_card_warns(chars, tmp_path):
+    source = tmp_path / "one.txt"
+    source.write_text(
+        "".join(f"KRILLIN:\nQuestion {i}?\n\nGOKU:\nAnswer {i}, for sure!\n\n" for i in range(8)),
+        encoding="utf-8",
+    )
+    result = build(chars, source, scene_speeches=0)
+    assert (result.scenes, result.eval_examples) == (1, 0)
+    [warning] = result.warnings
+    assert warning.startswith("eval.jsonl is empty: every example comes from one of 1 scenes")
+    assert "--scene-speeches" in warning and warning in result.summary()
+    assert card_of(result)["warnings"] == [warning]
+    markdown = result.files.card_markdown.read_text(encoding="utf-8")
+    assert f"## Warnings\n\n- {warning}" in markdown
+    # Cut into scenes of 4 speeches, the same file has an eval set and no warning.
+    cut = build(chars, source, scene_speeches=4, out=tmp_path / "cut")
+    assert cut.eval_examples > 0 and cut.warnings == []
+
+
+def test_a_lopsided_split_is_named(chars, tmp_path):
+    # Two one-exchange scenes and one long scene: when the long one is held out, eval is
+    # larger than train.
+    long_scene = "".join(f"Krillin: Question {i}?\nGoku: Answer number {i}!\n" for i in range(8))
+    source = tmp_path / "uneven.txt"
+    source.write_text(
+        f"Krillin: Hi?\nGoku: Hello there!\n---\nBulma: Hey?\nGoku: Hey Bulma!\n---\n{long_scene}",
+        encoding="utf-8",
+    )
+    lopsided = 0
+    for seed in range(6):
+        result = build(chars, source, seed=seed, out=tmp_path / str(seed))
+        if result.eval_examples > result.train_examples:
+            lopsided += 1
+            [warning] = result.warnings
+            assert warning.startswith("lopsided split: eval.jsonl holds 8 of 10 examples (80%)")
+        else:
+            assert result.warnings == []
+    assert lopsided  # the seeds above hold the long scene out at least once
+
+
+def test_character_lines_that_open_a_scene_are_reported_as_dropped(chars, tmp_path):
+    source = tmp_path / "opens.txt"
+    source.write_text("Goku: Hey, Krillin!\nKrillin: Hi Goku.\nGoku: Let's spar!\n", "utf-8")
+    result = build(chars, source, eval_fraction=0)
+    assert [e["reply"] for e in all_examples(result)] == ["Let's spar!"]
+    assert result.dropped == {"opens its scene (no turn before it to answer)": 1}
+    assert card_of(result)["dropped"]["opens its scene (no turn before it to answer)"] == {
+        "count": 1,
+        "samples": [f"{source}:1: Hey, Krillin!"],
+    }
+
+
+def test_negative_scene_speeches_is_refused(chars):
+    message = error_of(build, chars, PLAY, scene_speeches=-1)
+    assert message == "--scene-speeches -1: allowed: 0 (no limit) or more"
