@@ -26,7 +26,7 @@ from bot.discord_app.client import CharacterBot
 from bot.engine import GenerationRequest, GenerationResult, InferenceEngine
 from bot.engine.loading import load_tokenizer
 from bot.services import open_services
-from tests.discord_fake import FakeDiscord
+from discord_double.fake import FakeDiscord
 
 CANNED = "Oh yeah! I love training. Let's go eat something after, I'm starving! Heh heh."
 

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from bot.config import PROJECT_ROOT
 from bot.discord_app.client import CharacterBot
 from bot.services import open_services
-from tests.discord_fake import FakeDiscord
+from discord_double.fake import FakeDiscord
 from tests.helpers import write_character
 
 

@@ -11,9 +11,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from bot.discord_app.notices import MEMORY_DOWN
+from discord_double.fake import FakeDiscord
 from finetune.adapters import save_random_adapter
 from tests.bot_fixtures import last_response, pings_nobody, summon
-from tests.discord_fake import FakeDiscord
 
 # -- /summon, /dismiss, /characters ------------------------------------------------------------
 

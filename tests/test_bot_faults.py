@@ -19,8 +19,8 @@ import torch
 from bot.discord_app.notices import MEMORY_DOWN
 from bot.engine import engine as engine_module
 from bot.services import open_services
+from discord_double.fake import FakeDiscord
 from tests.bot_fixtures import BotRunner, last_response, summon
-from tests.discord_fake import FakeDiscord
 
 
 def visible(fake: FakeDiscord, channel_id: int) -> list[str]:

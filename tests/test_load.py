@@ -15,8 +15,8 @@ import os
 import statistics
 import time
 
+from discord_double.fake import FakeDiscord
 from tests.bot_fixtures import BotRunner
-from tests.discord_fake import FakeDiscord
 from tests.helpers import write_character
 
 CHANNELS = 50

@@ -11,8 +11,8 @@ import discord
 import pytest
 
 from bot.discord_app.speaker import LiveReply, SendFailed
+from discord_double.fake import FakeDiscord
 from tests.bot_fixtures import pings_nobody
-from tests.discord_fake import FakeDiscord
 
 SPEAKER_LOG = "bot.discord_app.speaker"
 FINAL = "Hello there! Let's train together, friend."

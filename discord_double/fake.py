@@ -35,7 +35,7 @@ from discord.ext import commands
 from discord.http import Route
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
-from tests.discord_payloads import DiscordPayloads
+from discord_double.payloads import DiscordPayloads
 
 EPHEMERAL = 64
 # Tasks discord.py starts for one event; waiting for them means the event was fully handled.
