@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 from collections import Counter
@@ -160,7 +161,6 @@ class BuildResult:
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option of `python -m finetune build`; defaults come from `BuildOptions`."""
     kinds = ", ".join(f"{ext} ({what})" for ext, what in SUPPORTED_EXTENSIONS.items())
-    default = BuildOptions
     parser.add_argument(
         "sources",
         nargs="+",
@@ -195,32 +195,14 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="output folder (default: <characters-dir>/<id>/data)",
     )
-    parser.add_argument(
-        "--context-turns",
-        type=int,
-        default=default.context_turns,
-        help="turns of context before each reply, at most (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-turn-chars",
-        type=int,
-        default=default.max_turn_chars,
-        help="consecutive lines of one speaker merge into a turn up to this length "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--min-reply-chars",
-        type=int,
-        default=default.min_reply_chars,
-        help="replies shorter than this (after cleaning) are not used as targets "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--near-dup-threshold",
-        type=float,
-        default=default.near_dup_threshold,
-        help="drop replies whose 3-gram Jaccard similarity to an earlier reply is at least this "
-        "(default %(default)s; above 1 turns it off)",
+    add = functools.partial(_add_option, parser)
+    add("context_turns", "turns of context before each reply, at most")
+    add("max_turn_chars", "consecutive lines of one speaker merge into a turn up to this length")
+    add("min_reply_chars", "replies shorter than this (after cleaning) are not used as targets")
+    add(
+        "near_dup_threshold",
+        "drop replies whose 3-gram Jaccard similarity to an earlier reply is at least this; "
+        "above 1 turns it off",
     )
     parser.add_argument(
         "--drop-pattern",
@@ -230,48 +212,25 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="REGEX",
         help="drop lines whose cleaned text matches (re.search); repeatable",
     )
-    parser.add_argument(
-        "--eval-fraction",
-        type=float,
-        default=default.eval_fraction,
-        help="share of scenes for eval.jsonl, 0 to under 1 (default %(default)s)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=default.seed, help="seed of the split (default %(default)s)"
-    )
-    parser.add_argument(
-        "--scene-gap",
-        type=float,
-        default=default.scene_gap,
-        metavar="SECONDS",
-        help="subtitles: a pause longer than this starts a new scene (default %(default)s)",
-    )
-    parser.add_argument(
-        "--scene-speeches",
-        type=int,
-        default=default.scene_speeches,
+    add("eval_fraction", "share of scenes for eval.jsonl, 0 to under 1")
+    add("seed", "seed of the split")
+    add("scene_gap", "subtitles: a pause longer than this starts a new scene", metavar="SECONDS")
+    add(
+        "scene_speeches",
+        "plain transcripts without scene markers: cut scenes longer than N speeches into equal "
+        "parts, so that eval can hold out whole scenes; 0: no limit",
         metavar="N",
-        help="plain transcripts without scene markers: cut scenes longer than N speeches into "
-        "equal parts, so that eval can hold out whole scenes (default %(default)s; 0: no limit)",
     )
-    parser.add_argument(
-        "--renpy-player",
-        default=default.renpy_player,
-        metavar="NAME",
-        help="Ren'Py: who says the menu choices (default %(default)s)",
-    )
-    parser.add_argument(
-        "--renpy-narration",
+    add("renpy_player", "Ren'Py: who says the menu choices", metavar="NAME")
+    add(
+        "renpy_narration",
+        "Ren'Py: keep narration as context lines by 'Narrator', or drop it",
         choices=("keep", "drop"),
-        default=default.renpy_narration,
-        help="Ren'Py: keep narration as context lines by 'Narrator', or drop it "
-        "(default %(default)s)",
     )
-    parser.add_argument(
-        "--spc-speaker",
-        default=default.spc_speaker,
+    add(
+        "spc_speaker",
+        "Synthetic-Persona-Chat CSV: who plays the character",
         choices=SPC_SPEAKERS,
-        help="Synthetic-Persona-Chat CSV: who plays the character (default '%(default)s')",
     )
     parser.add_argument(
         "--spc-row",
@@ -295,6 +254,18 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         "--count-tokens",
         action="store_true",
         help="count tokens with the configured base model's tokenizer (loads it)",
+    )
+
+
+def _add_option(parser: argparse.ArgumentParser, name: str, help: str, **kwargs: Any) -> None:
+    """`--name-with-dashes`, typed and defaulted by the `BuildOptions` field `name`."""
+    default = getattr(BuildOptions, name)
+    parser.add_argument(
+        "--" + name.replace("_", "-"),
+        type=type(default),
+        default=default,
+        help=f"{help} (default: %(default)s)",
+        **kwargs,
     )
 
 
