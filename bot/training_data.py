@@ -26,40 +26,33 @@ class RecordError(ValueError):
     """A line that is not a training record; the message names file and line."""
 
 
+class _InFolder:
+    """A path inside the dataset folder, read as an attribute: `files.train`."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, files: DatasetFiles, owner: type) -> Path:
+        return files.folder.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class DatasetFiles:
     """The files of one dataset folder (by default `characters/<id>/data`)."""
 
     folder: Path
 
+    train = _InFolder("train.jsonl")
+    eval = _InFolder("eval.jsonl")
+    card_markdown = _InFolder("dataset_card.md")
+    card_json = _InFolder("dataset_card.json")
+    # A character's committed dialogue sources and rule probes.
+    sources = _InFolder("sources")
+    probes = _InFolder("sources", "probes.yaml")
+
     @classmethod
     def of(cls, characters_dir: Path, character_id: str) -> DatasetFiles:
         return cls(characters_dir / character_id / "data")
-
-    @property
-    def train(self) -> Path:
-        return self.folder / "train.jsonl"
-
-    @property
-    def eval(self) -> Path:
-        return self.folder / "eval.jsonl"
-
-    @property
-    def card_markdown(self) -> Path:
-        return self.folder / "dataset_card.md"
-
-    @property
-    def card_json(self) -> Path:
-        return self.folder / "dataset_card.json"
-
-    @property
-    def sources(self) -> Path:
-        """Where a character's committed dialogue sources and rule probes are kept."""
-        return self.folder / "sources"
-
-    @property
-    def probes(self) -> Path:
-        return self.sources / "probes.yaml"
 
 
 @dataclass(frozen=True)
