@@ -12,8 +12,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from finetune.errors import FinetuneError
+
 if TYPE_CHECKING:
     from bot.embeddings import SentenceEncoder
+
+
+class AttributionError(FinetuneError, ValueError):
+    """Too few characters (classes) to tell apart; a ValueError too, as it was before."""
 
 
 class AttributionClassifier:
@@ -48,7 +54,10 @@ class AttributionClassifier:
             )
         self.labels = sorted(set(labels))
         if len(self.labels) < 2:
-            raise ValueError(f"fit: need at least two classes, got {self.labels}")
+            raise AttributionError(
+                f"fit: need at least two classes to tell apart, got {self.labels}; "
+                "give examples of two or more labels"
+            )
         index = {label: i for i, label in enumerate(self.labels)}
         y = torch.tensor([index[label] for label in labels])
         counts = torch.bincount(y, minlength=len(self.labels)).to(torch.float32)
@@ -93,11 +102,19 @@ def train_attribution(
     encoder: SentenceEncoder, texts_by_character: dict[str, list[str]], seed: int = 0
 ) -> AttributionClassifier:
     """Encode every character's texts and fit a classifier over the characters that have any."""
+    with_lines = [c for c, lines in texts_by_character.items() if lines]
+    if len(with_lines) < 2:
+        without = [c for c in texts_by_character if c not in with_lines]
+        got = ", ".join(with_lines) or "none"
+        if without:
+            got += f" (no lines: {', '.join(without)})"
+        raise AttributionError(
+            f"attribution needs lines of at least two characters to tell apart; got: {got}; "
+            "give it two or more characters with lines"
+        )
     texts: list[str] = []
     labels: list[str] = []
     for character, lines in texts_by_character.items():
         texts.extend(lines)
         labels.extend([character] * len(lines))
-    if len(set(labels)) < 2:
-        raise ValueError("train_attribution: need texts for at least two characters")
     return AttributionClassifier().fit(encoder.encode(texts), labels, seed=seed)

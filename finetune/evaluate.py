@@ -27,7 +27,6 @@ import os
 import random
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from tqdm import tqdm
 from bot.characters import Character
 from bot.chat import clean_character_reply
 from bot.config import Config
-from bot.embeddings import load_encoder
+from bot.embeddings import SentenceEncoder, load_encoder
 from bot.engine import GenerationRequest, GenerationResult, InferenceEngine, SamplingSettings
 from bot.example_retrieval import ExampleRetriever
 from bot.history import Turn
@@ -223,22 +222,11 @@ class PhaseClock:
         log.info("%s: %.0f s", phase, self.seconds[phase])
 
 
-def adapter_scope(engine: InferenceEngine, adapter: str | None):
-    """Run the engine's model with one adapter active (None: the base, adapters off)."""
-    model = engine.model
-    if adapter is None:
-        return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
-    model.set_adapter(engine.adapter_name(adapter))
-    return nullcontext()
-
-
 def perplexity_under(
     engine: InferenceEngine, adapter: str | None, examples: list, batch_size: int
 ) -> float:
-    with adapter_scope(engine, adapter):
-        loss = mean_target_loss(
-            engine.model, examples, Recipe(batch_size=batch_size), engine.device
-        )
+    with engine.using_adapter(adapter) as model:
+        loss = mean_target_loss(model, examples, Recipe(batch_size=batch_size), engine.device)
     return math.exp(loss)
 
 
@@ -253,43 +241,125 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate, write report.json / report.md / charts into `out_dir`, return the figures."""
     ids = [c.id for c in characters]
-    by_id = {c.id: c for c in characters}
     root = config.characters_path
-    missing = [c.id for c in characters if not c.has_adapter]
-    if missing:
-        raise EvalError(
-            f"no adapter for {', '.join(missing)}: train one with `python -m finetune train ID`"
-        )
+    skipped = check_inputs(characters, root, spc_path)  # before minutes of model work
     clock = PhaseClock()
-    engine = InferenceEngine.from_config(config)
-    for character in characters:
-        engine.load_adapter(character.id, character.adapter_path)
-
+    engine = load_engine(config, characters)
     clock.lap("load the model and adapters")
 
-    # 1. Answers of every set-up to the held-out prompts and probes.
     items = collect_items(characters, root, options)
     encoder = load_encoder()
+    by_id = {c.id: c for c in characters}
     answer_all(engine, by_id, items, config, options, ExampleRetriever(encoder, root))
-
     clock.lap("answers")
 
-    # 2. Attribution: a classifier of who is speaking, trained on the training replies.
-    training_lines = {
-        c.id: [r.reply for r in read_records(DatasetFiles.of(root, c.id).train)] for c in characters
-    }
-    classifier = train_attribution(encoder, training_lines, seed=options.seed)
     report: dict[str, Any] = {
         "characters": ids,
         "setups": list(SETUPS),
         "options": options.__dict__,
     }
-    attribution: dict[str, Any] = {}
+    report["attribution"] = attribution_section(encoder, ids, items, root, seed=options.seed)
+    report["probes"] = probe_pass_rates(ids, items)
+    report["reference"] = reference_metrics(ids, items, encoder)
+    clock.lap("attribution and reference metrics")
+
+    report["likelihood"] = likelihood_section(engine, characters, root, options)
+    clock.lap("adapter likelihood")
+
+    if skipped:
+        report["skipped"] = skipped
+    else:
+        adapter = persona_chat_adapter or persona_chat.DEFAULT_ADAPTER
+        report |= persona_chat_sections(engine, config, ids, spc_path, adapter, options)
+        clock.lap("synthetic-persona-chat")
+    report["seconds"] = clock.seconds
+    report["samples"] = sample_answers(items)
+    write_report(report, out_dir)
+    return report
+
+
+# -- the phases of run_eval --------------------------------------------------------------------
+
+# The sections on Synthetic-Persona-Chat dialogues, as the report names them.
+PERSONA_CHAT_SECTIONS = {
+    "damage_guard": "Damage guard (Synthetic-Persona-Chat perplexity under each adapter)",
+    "persona_chat": "Synthetic-Persona-Chat persona-injection protocol",
+}
+
+
+def check_inputs(characters: list[Character], root: Path, spc_path: Path | None) -> dict[str, str]:
+    """Refuse, before any model work, a run that could only fail; log and return the sections
+    it will skip (section -> why)."""
+    missing = [c.id for c in characters if not c.has_adapter]
+    if missing:
+        raise EvalError(
+            f"no adapter for {', '.join(missing)}: train one with `python -m finetune train ID`"
+        )
+    if not characters:
+        raise EvalError(
+            "no characters to evaluate: none has an adapter; train two or more with "
+            "`python -m finetune train ID`"
+        )
+    for character in characters:
+        files = DatasetFiles.of(root, character.id)
+        for path in (files.train, files.eval):
+            if not path.is_file():
+                raise EvalError(
+                    f"{path} is missing: build {character.id}'s data with "
+                    f"`python -m finetune build --character {character.id} SOURCE...`"
+                )
+    # The attribution classifier tells characters apart by their training lines.
+    with_lines = [c.id for c in characters if read_records(DatasetFiles.of(root, c.id).train)]
+    if len(with_lines) < 2:
+        without = [c.id for c in characters if c.id not in with_lines]
+        got = ", ".join(with_lines) or "none"
+        if without:
+            got += f" (no training lines: {', '.join(without)})"
+        raise EvalError(
+            f"attribution needs at least 2 characters with training lines (data/train.jsonl); "
+            f"got: {got}; give two or more character ids, or none for every character with "
+            "an adapter"
+        )
+    skipped = skipped_persona_chat_sections(spc_path)
+    if skipped:
+        log.warning(
+            "Synthetic-Persona-Chat sections skipped (damage guard, persona-injection "
+            "protocol): %s",
+            next(iter(skipped.values())),
+        )
+    return skipped
+
+
+def skipped_persona_chat_sections(spc_path: Path | None) -> dict[str, str]:
+    """Why the Synthetic-Persona-Chat sections cannot run (section -> reason); {} if they can."""
+    if spc_path is not None and spc_path.exists():
+        return {}
+    where = "no CSV given" if spc_path is None else f"no file at {spc_path}"
+    reason = f"{where}; pass the Synthetic-Persona-Chat CSV with `python -m finetune eval --spc`"
+    return dict.fromkeys(PERSONA_CHAT_SECTIONS, reason)
+
+
+def load_engine(config: Config, characters: list[Character]) -> InferenceEngine:
+    engine = InferenceEngine.from_config(config)
+    for character in characters:
+        engine.load_adapter(character.id, character.adapter_path)
+    return engine
+
+
+def attribution_section(
+    encoder: SentenceEncoder, ids: list[str], items: list[Item], root: Path, *, seed: int
+) -> dict[str, Any]:
+    """Who a classifier trained on the characters' training replies thinks said each answer."""
+    training_lines = {
+        c: [r.reply for r in read_records(DatasetFiles.of(root, c).train)] for c in ids
+    }
+    classifier = train_attribution(encoder, training_lines, seed=seed)
     held_out = [item for item in items if item.reference is not None]
+    gold = [item.character for item in held_out]
+    attribution: dict[str, Any] = {}
     for setup in SETUPS:
         answers = [item.answers[setup] or "..." for item in held_out]
         predicted = classifier.predict(encoder.encode(answers))
-        gold = [item.character for item in held_out]
         attribution[setup] = {
             "accuracy": metrics.accuracy(predicted, gold),
             "per_character": {
@@ -300,18 +370,29 @@ def run_eval(
             },
             "confusion": metrics.confusion_matrix(predicted, gold, ids),
         }
-    report["attribution"] = attribution
+    return attribution
 
-    # 3. Rule probes and reference metrics.
+
+def probe_pass_rates(ids: list[str], items: list[Item]) -> dict[str, dict[str, float]]:
+    """Per set-up, each character's rule-probe pass rate (characters without probes left out)."""
     probes: dict[str, dict[str, float]] = {setup: {} for setup in SETUPS}
-    reference: dict[str, dict[str, dict[str, float]]] = {setup: {} for setup in SETUPS}
     for setup in SETUPS:
         for c in ids:
             mine = [item for item in items if item.character == c and item.probe is not None]
             if mine:
                 passed = sum(item.probe.passes(item.answers[setup]) for item in mine)
                 probes[setup][c] = passed / len(mine)
-            refs = [item for item in held_out if item.character == c]
+    return probes
+
+
+def reference_metrics(
+    ids: list[str], items: list[Item], encoder: SentenceEncoder
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per set-up and character, the answers against the held-out replies."""
+    reference: dict[str, dict[str, dict[str, float]]] = {setup: {} for setup in SETUPS}
+    for setup in SETUPS:
+        for c in ids:
+            refs = [item for item in items if item.reference is not None and item.character == c]
             hyps = [item.answers[setup] for item in refs]
             golds = [item.reference for item in refs]
             reference[setup][c] = {
@@ -321,17 +402,21 @@ def run_eval(
                 "distinct_1": metrics.distinct_n(hyps, 1),
                 "distinct_2": metrics.distinct_n(hyps, 2),
             }
-    report["probes"] = probes
-    report["reference"] = reference
+    return reference
 
-    clock.lap("attribution and reference metrics")
 
-    # 4. Likelihood: each character's held-out lines under every adapter (and none).
+def likelihood_section(
+    engine: InferenceEngine, characters: list[Character], root: Path, options: EvalOptions
+) -> dict[str, Any]:
+    """Each character's held-out lines under every adapter and none; hits@1: how often a
+    character's own adapter fits its lines best."""
+    ids = [c.id for c in characters]
     ppl: dict[str, dict[str, float]] = {}
-    for c in ids:
+    for character in characters:
+        c = character.id
         records = read_records(DatasetFiles.of(root, c).eval)[: options.likelihood_lines]
         examples, _ = encode_all(
-            records, by_id[c], engine.tokenizer, max_seq_len=LIKELIHOOD_MAX_SEQ_LEN
+            records, character, engine.tokenizer, max_seq_len=LIKELIHOOD_MAX_SEQ_LEN
         )
         ppl[c] = {a: perplexity_under(engine, a, examples, options.batch_size) for a in ids}
         ppl[c]["base"] = perplexity_under(engine, None, examples, options.batch_size)
@@ -340,37 +425,40 @@ def run_eval(
         [ids.index(c) for c in ids],
         higher_is_better=False,
     )
-    report["likelihood"] = {"perplexity": ppl, "own_adapter_hits_at_1": hits}
+    return {"perplexity": ppl, "own_adapter_hits_at_1": hits}
 
-    clock.lap("adapter likelihood")
 
-    # 5. Synthetic-Persona-Chat, on held-out dialogues: damage guard (general dialogue with
-    # and without each character adapter) and the persona-injection protocol.
-    if spc_path is not None and spc_path.exists():
-        dialogues, pool = held_out_dialogues(spc_path, options.spc_dialogues)
-        report["damage_guard"] = spc_damage_guard(engine, ids, dialogues, options)
-        adapter = persona_chat_adapter or persona_chat.DEFAULT_ADAPTER
-        with_adapter = (adapter / "adapter_config.json").exists()
-        if with_adapter:
-            engine.load_adapter(persona_chat.ADAPTER_ID, adapter)
-        else:
-            log.warning(
-                "No persona-chat adapter in %s (train it with `python -m finetune "
-                "train-persona-chat`); the protocol runs without it",
-                adapter,
-            )
-        report["persona_chat"] = persona_protocol(
-            engine, config, dialogues, pool, options, with_adapter=with_adapter
+def persona_chat_sections(
+    engine: InferenceEngine,
+    config: Config,
+    ids: list[str],
+    spc_path: Path,
+    adapter: Path,
+    options: EvalOptions,
+) -> dict[str, Any]:
+    """On held-out Synthetic-Persona-Chat dialogues: the damage guard (general dialogue with and
+    without each character adapter) and the persona-injection protocol."""
+    dialogues, pool = held_out_dialogues(spc_path, options.spc_dialogues)
+    damage_guard = spc_damage_guard(engine, ids, dialogues, options)
+    with_adapter = (adapter / "adapter_config.json").exists()
+    if with_adapter:
+        engine.load_adapter(persona_chat.ADAPTER_ID, adapter)
+    else:
+        log.warning(
+            "No persona-chat adapter in %s (train it with `python -m finetune "
+            "train-persona-chat`); the protocol runs without it",
+            adapter,
         )
-        clock.lap("synthetic-persona-chat")
-    report["seconds"] = clock.seconds
+    protocol = persona_protocol(engine, config, dialogues, pool, options, with_adapter=with_adapter)
+    return {"damage_guard": damage_guard, "persona_chat": protocol}
 
-    report["samples"] = [
+
+def sample_answers(items: list[Item]) -> list[dict[str, str]]:
+    """About a dozen items' prompts and answers, spread over the run."""
+    return [
         {"character": item.character, "prompt": item.turns[-1].content, **item.answers}
         for item in items[:: max(1, len(items) // 12)]
     ]
-    write_report(report, out_dir)
-    return report
 
 
 def held_out_dialogues(spc_path: Path, count: int) -> tuple[list[Dialogue], list[Dialogue]]:
@@ -475,8 +563,8 @@ def persona_protocol(
             for candidate in row
         ]
         examples = encode_records(scored, engine, persona=setup != "base")
-        with adapter_scope(engine, adapter_of.get(setup)):
-            losses = example_losses(engine.model, examples, Recipe(batch_size=batch), engine.device)
+        with engine.using_adapter(adapter_of.get(setup)) as model:
+            losses = example_losses(model, examples, Recipe(batch_size=batch), engine.device)
         n = options.candidates
         rows = [losses[i : i + n] for i in range(0, len(losses), n)]
         result[setup] = {
@@ -504,6 +592,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+# A figure with nothing to measure (no rule probes): not a 0 pass rate.
+NOT_MEASURED = "n/a"
+
+
 def headline_table(report: dict[str, Any]) -> str:
     rows = []
     for setup in report["setups"]:
@@ -512,7 +604,7 @@ def headline_table(report: dict[str, Any]) -> str:
             [
                 setup,
                 report["attribution"][setup]["accuracy"],
-                sum(probes.values()) / max(len(probes), 1),
+                sum(probes.values()) / len(probes) if probes else NOT_MEASURED,
                 sum(r["rouge_l"] for r in report["reference"][setup].values())
                 / len(report["characters"]),
                 sum(r["similarity"] for r in report["reference"][setup].values())
@@ -549,7 +641,10 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         "## Rule probes (pass rate)\n",
         _table(
             ["set-up", *ids],
-            [[s, *(report["probes"][s].get(c, math.nan) for c in ids)] for s in report["setups"]],
+            [
+                [s, *(report["probes"][s].get(c, NOT_MEASURED) for c in ids)]
+                for s in report["setups"]
+            ],
         )
         + "\n",
         "## Held-out lines: perplexity under each adapter (rows: whose lines)\n",
@@ -565,6 +660,13 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         )
         + "\n",
     ]
+    if report.get("skipped"):
+        parts.append("## Skipped sections\n")
+        parts += [
+            f"- {PERSONA_CHAT_SECTIONS.get(section, section)}: skipped: {reason}"
+            for section, reason in report["skipped"].items()
+        ]
+        parts.append("")
     if "damage_guard" in report:
         guard = report["damage_guard"]
         parts += [

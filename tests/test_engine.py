@@ -157,3 +157,48 @@ def test_nf4_quantized_base_runs_on_cpu(random_adapters):
     assert all(r.new_tokens > 0 and r.text.strip() for r in results)
     del engine
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def next_token_logits(engine, model, text: str) -> torch.Tensor:
+    inputs = engine.tokenizer(
+        chat_prompt(engine, text), return_tensors="pt", add_special_tokens=False
+    )
+    with torch.inference_mode():
+        return model(**inputs).logits[0, -1]
+
+
+def test_using_adapter_scores_as_generate_answers_and_leaves_it_alone(
+    clean_engine, random_adapters
+):
+    engine = clean_engine
+    with engine.using_adapter(None) as model:  # no adapter loaded yet: the bare model
+        bare = next_token_logits(engine, model, "Who are you?")
+    for name, path in random_adapters.items():
+        engine.load_adapter(name, path)
+    one = SamplingSettings(max_new_tokens=1, temperature=0, top_p=1.0, repetition_penalty=1.0)
+    requests = [
+        GenerationRequest(chat_prompt(engine, "Who are you?"), one, adapter=adapter)
+        for adapter in (None, "alpha", "beta")
+    ]
+    first_tokens = texts(engine, requests)
+
+    scores = {}
+    for adapter in (None, "alpha", "beta"):
+        with engine.using_adapter(adapter) as model:
+            scores[adapter] = next_token_logits(engine, model, "Who are you?")
+            with pytest.raises(RuntimeError, match="generate inside using_adapter"):
+                engine.generate(requests)
+    assert torch.allclose(scores[None], bare, atol=1e-5)
+    assert not torch.allclose(scores["alpha"], scores[None])
+    assert not torch.allclose(scores["alpha"], scores["beta"])
+    # Each scored as generate answers under the same adapter: greedy picks the top token.
+    decode = engine.tokenizer.decode
+    picked = [decode([int(scores[a].argmax())], skip_special_tokens=True) for a in scores]
+    assert picked == first_tokens
+    assert texts(engine, requests) == first_tokens  # generation as before the blocks
+
+    unknown = pytest.raises(
+        AdapterError, match="no adapter loaded for 'gamma'; loaded: alpha, beta"
+    )
+    with unknown, engine.using_adapter("gamma"):
+        pass

@@ -85,6 +85,7 @@ def test_report_is_written_with_every_section(tmp_path, config, engine):
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "persona-injection protocol" in markdown and "| persona_adapter |" in markdown
     assert "## Headline" in markdown and "| card_adapter |" in markdown
+    assert "skipped" not in report and "Skipped sections" not in markdown
     for chart in ("attribution.png", "confusion.png"):
         assert (tmp_path / "report" / chart).stat().st_size > 1000
     assert json.loads((tmp_path / "report" / "report.json").read_text())["characters"] == ids

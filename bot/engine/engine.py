@@ -1,7 +1,8 @@
 """The inference engine: one base model, one LoRA adapter per character, mixed-adapter batches.
 
 Not thread-safe on purpose: every call runs on the batcher's single worker thread, which is also
-what makes adapter swaps safe against in-flight generation.
+what makes adapter swaps safe against in-flight generation. Scoring text under one adapter
+(`using_adapter`, for the evaluation's losses) follows the same rule: the thread that generates.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# Before peft: importing it imports bitsandbytes, whose optional-kernel notice loading filters.
+from bot.engine.loading import load_base_model
+
+# isort: split
 from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, LoraConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND, load_peft_weights
 
 from bot.config import Config, GenerationConfig
-from bot.engine.loading import load_base_model
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +235,7 @@ class InferenceEngine:
         self._paths: dict[str, Path] = {}
         self._failures: dict[str, str] = {}
         self._versions = itertools.count(1)
+        self._scoring: str | None = None  # what using_adapter applies now ("base" or an id)
 
     @classmethod
     def from_config(cls, config: Config) -> InferenceEngine:
@@ -259,6 +266,7 @@ class InferenceEngine:
         """Load (or replace) a character's adapter, strictly: anything peft would load only in
         part (or not at all) raises AdapterError, the old adapter keeps serving and nothing of
         the new one stays in the model."""
+        self._check_not_scoring("load_adapter")
         try:
             self._load_adapter(character_id, path)
         except AdapterError as exc:
@@ -338,6 +346,7 @@ class InferenceEngine:
             )
 
     def unload_adapter(self, character_id: str) -> None:
+        self._check_not_scoring("unload_adapter")
         name = self._active.pop(character_id, None)
         self._paths.pop(character_id, None)
         self._failures.pop(character_id, None)
@@ -369,6 +378,46 @@ class InferenceEngine:
         """The peft adapter name serving a character now (`__base__` if it has none)."""
         return self._active.get(adapter, BASE_ADAPTER) if adapter else BASE_ADAPTER
 
+    # -- scoring --------------------------------------------------------------------------
+
+    @contextmanager
+    def using_adapter(self, adapter: str | None) -> Iterator[Any]:
+        """The model, with a character's adapter applied to every forward pass inside the block
+        (None: the bare base model), for scoring text: losses, perplexity.
+
+        `generate` picks adapters per row and refuses to run inside the block (adapters off
+        would turn its rows' adapters off too). Like every engine call, on the thread that
+        generates. Unlike `generate`, a character without a loaded adapter is an error: a score
+        silently taken under the base model would pass for the adapter's.
+        """
+        self._check_not_scoring(f"using_adapter({adapter!r})")
+        model = self.model
+        if adapter is not None and adapter not in self._active:
+            loaded = ", ".join(sorted(self._active)) or "none"
+            raise AdapterError(f"no adapter loaded for {adapter!r}; loaded: {loaded}")
+        self._scoring = adapter or "base"
+        try:
+            if adapter is None:
+                # A bare model (no adapter loaded yet) is the base already.
+                off = model.disable_adapter() if isinstance(model, PeftModel) else nullcontext()
+                with off:
+                    yield model
+            else:
+                previous = model.active_adapter
+                model.set_adapter(self._active[adapter], inference_mode=True)
+                try:
+                    yield model
+                finally:
+                    if previous in model.peft_config:
+                        model.set_adapter(previous, inference_mode=True)
+        finally:
+            self._scoring = None
+
+    def _check_not_scoring(self, call: str) -> None:
+        """Refuse what would change or bypass the adapter set-up of a using_adapter block."""
+        if self._scoring is not None:
+            raise RuntimeError(f"{call} inside using_adapter({self._scoring!r})")
+
     # -- generation -----------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -378,6 +427,7 @@ class InferenceEngine:
         """Generate for all requests in one batched call (they must share sampling settings)."""
         if not requests:
             return []
+        self._check_not_scoring("generate")
         settings = requests[0].settings
         if any(r.settings != settings for r in requests):
             raise ValueError("one batch must share sampling settings; group requests first")

@@ -26,6 +26,28 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_CACHE_NAME = "SmolLM2-135M-Instruct"
 
 
+# bitsandbytes logs this as it is imported (peft imports it) on a CPU with AVX512-BF16 and no
+# `kernels` package; it then uses its own CPU kernel, so there is nothing for the user to do.
+KERNELS_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+KERNELS_NOTICE_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+class _DropKernelsNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(KERNELS_NOTICE)
+
+
+def quiet_kernels_notice() -> None:
+    """Filter bitsandbytes' optional-kernel notice (only that message) from its logger; must run
+    before bitsandbytes is first imported, which `bot.engine.engine` sees to."""
+    logger = logging.getLogger(KERNELS_NOTICE_LOGGER)
+    if not any(isinstance(f, _DropKernelsNotice) for f in logger.filters):
+        logger.addFilter(_DropKernelsNotice())
+
+
+quiet_kernels_notice()
+
+
 class ModelLoadError(Exception):
     """The base model cannot be found or loaded; the message says what to do."""
 
