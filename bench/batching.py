@@ -56,10 +56,9 @@ def run_one_by_one(engine: InferenceEngine, requests: list[GenerationRequest]) -
     texts = []
     tokens = 0
     for request in requests:
-        engine.model.set_adapter(engine.adapter_name(request.adapter))
         inputs = engine.tokenizer(request.prompt, return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode():
-            out = engine.model.generate(
+        with torch.inference_mode(), engine.using_adapter(request.adapter) as model:
+            out = model.generate(
                 **inputs,
                 max_new_tokens=request.settings.max_new_tokens,
                 do_sample=False,
@@ -124,7 +123,7 @@ def main() -> None:
         f"{min(batched_times):.2f} s = {batched_tps:.1f} tokens/s"
     )
     print(
-        f"one by one (set_adapter):          {single_tokens} tokens in "
+        f"one by one (using_adapter):        {single_tokens} tokens in "
         f"{min(single_times):.2f} s = {single_tps:.1f} tokens/s"
     )
     print(f"ratio batched / one-by-one: {batched_tps / single_tps:.2f}x")
