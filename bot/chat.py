@@ -6,17 +6,25 @@ Knows nothing of Discord: the console, the Discord cogs and the tests all call t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bot.characters import Character, CharacterRegistry
 from bot.config import Config
-from bot.engine import Batcher, GenerationRequest, GenerationResult, SamplingSettings
-from bot.example_retrieval import ExampleRetriever
+from bot.generation import (
+    GenerationBackend,
+    GenerationRequest,
+    GenerationResult,
+    SamplingSettings,
+    TextCallback,
+)
 from bot.history import HistoryStore, Turn
 from bot.postprocess import clean_reply
 from bot.prompt import Prompt, build_prompt, neutralize_special_tokens
+
+if TYPE_CHECKING:
+    from bot.example_retrieval import ExampleRetriever  # imports torch: only when retrieving
 
 
 @dataclass(frozen=True)
@@ -67,15 +75,14 @@ class ChatService:
         config: Config,
         registry: CharacterRegistry,
         history: HistoryStore,
-        batcher: Batcher,
-        tokenizer: Any,
+        backend: GenerationBackend,
         retriever: ExampleRetriever | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.history = history
-        self.batcher = batcher
-        self.tokenizer = tokenizer
+        self.backend = backend
+        self.tokenizer = backend.tokenizer
         self.retriever = retriever  # set: few-shot examples are picked per message
         self.settings = SamplingSettings.from_config(config.generation)
 
@@ -116,7 +123,7 @@ class ChatService:
         *,
         author: str,
         content: str,
-        on_text: Callable[[str], None] | None = None,
+        on_text: TextCallback | None = None,
     ) -> Reply:
         """Generate `character`'s answer to `author`'s message and record both turns (for
         callers that show the reply for sure, like the console)."""
@@ -133,12 +140,15 @@ class ChatService:
         *,
         author: str,
         content: str,
-        on_text: Callable[[str], None] | None = None,
+        on_text: TextCallback | None = None,
     ) -> Reply:
-        """Generate `character`'s answer to `author`'s message; nothing is stored yet."""
+        """Generate `character`'s answer to `author`'s message; nothing is stored yet.
+
+        `on_text` gets the raw text so far while it is generated (it may start over);
+        BackendUnavailable when the model cannot answer now."""
         message = self.user_turn(character, author=author, content=content)
         prompt, history = await self.prompt_for(channel_id, character, message)
-        result = await self.batcher.submit(
+        result = await self.backend.generate(
             GenerationRequest(
                 prompt=prompt.text,
                 settings=self.settings,

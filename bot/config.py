@@ -25,6 +25,9 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "CHARBOT_BASE_MODEL": ("model", "base"),
     "CHARBOT_DEVICE": ("model", "device"),
     "CHARBOT_QUANTIZATION": ("model", "quantization"),
+    "CHARBOT_BACKEND": ("backend", "mode"),
+    "OPENAI_BASE_URL": ("backend", "openai", "base_url"),
+    "OPENAI_API_KEY": ("backend", "openai", "api_key"),
 }
 
 
@@ -79,6 +82,42 @@ class RedisConfig(_Section):
     check_interval: float = Field(2.0, ge=0.1, le=3600.0)
 
 
+class WorkerBackendConfig(_Section):
+    # A job nobody has started answering within this many seconds gets the user a notice and
+    # is withdrawn, so that it is never answered hours later.
+    job_timeout: float = Field(30.0, gt=0, le=3600.0)
+    # A job a worker took but has not finished for this long (the worker died) is taken over
+    # by another worker (XAUTOCLAIM).
+    claim_idle_seconds: float = Field(15.0, gt=0, le=3600.0)
+    heartbeat_interval: float = Field(2.0, ge=0.1, le=60.0)
+    # A worker silent for this long is taken for dead (/status, and "no worker" notices).
+    heartbeat_timeout: float = Field(10.0, ge=0.5, le=600.0)
+    jobs_per_read: int = Field(8, ge=1, le=256)  # XREADGROUP COUNT: one batch's worth
+    result_ttl_seconds: int = Field(300, ge=10, le=86400)  # a job's reply stream expires
+
+
+class OpenAIBackendConfig(_Section):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: SecretStr | None = None  # OPENAI_API_KEY; most local servers want none
+    # Character id -> model name on the server (a vLLM LoRA name, an Ollama model); a character
+    # not listed uses default_model, or its own id when default_model is null.
+    models: dict[str, str] = Field(default_factory=dict)
+    default_model: str | None = None
+    timeout: float = Field(60.0, gt=0, le=3600.0)  # seconds for a whole reply
+    # vLLM's runtime LoRA endpoints (/v1/load_lora_adapter); off for servers without them.
+    runtime_lora: bool = True
+    # The adapter folder as the server sees it, {id} replaced by the character id.
+    adapter_path: str = "characters/{id}/adapter"
+
+
+class BackendConfig(_Section):
+    # embedded: the model runs in this process; worker: `python -m bot worker` processes take
+    # jobs from Redis; openai: an OpenAI-compatible server (vLLM, llama.cpp server, Ollama).
+    mode: Literal["embedded", "worker", "openai"] = "embedded"
+    worker: WorkerBackendConfig = WorkerBackendConfig()
+    openai: OpenAIBackendConfig = OpenAIBackendConfig()
+
+
 class DiscordConfig(_Section):
     token: SecretStr | None = None
     # Edit the reply while it is generated, at most once per stream_interval seconds.
@@ -96,6 +135,7 @@ class Config(_Section):
     history: HistoryConfig = HistoryConfig()
     redis: RedisConfig = RedisConfig()
     discord: DiscordConfig = DiscordConfig()
+    backend: BackendConfig = BackendConfig()
     data_dir: Path = Path(".data")
     characters_dir: Path = Path("characters")
     default_character: str = Field("goku", min_length=1)
@@ -146,7 +186,8 @@ def describe_validation_error(
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'; {keys_hint}"
     value = first.get("input")
-    if isinstance(value, SecretStr) or key.endswith("token") or key.endswith("url"):
+    secret = ("token", "url", "api_key")
+    if isinstance(value, SecretStr) or key.endswith(secret):
         value = "<hidden>"  # never echo secrets
     message = first["msg"]
     if first["type"] == "literal_error":

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.characters import Character, CharacterError
-from bot.config import load_config
+from bot.config import ConfigError, load_config
+from bot.generation import BackendUnavailable
 from bot.services import Services, open_services
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,13 @@ class Console:
                 if not await self.handle_command(line):
                     break
                 continue
-            reply = await self.services.chat.reply(
-                self.channel_id, self.character, author=self.user_name, content=line
-            )
+            try:
+                reply = await self.services.chat.reply(
+                    self.channel_id, self.character, author=self.user_name, content=line
+                )
+            except BackendUnavailable as exc:
+                self.say(f"(!) {exc}")
+                continue
             self.say_as(self.character, reply.text)
 
 
@@ -122,8 +127,21 @@ async def run_console(
     try:
         character = services.registry.get(character_name or config.default_character)
         if adapter is not None:
-            await services.batcher.run(services.engine.load_adapter, character.id, adapter)
-            log.info("%s speaks with the adapter in %s", character.name, adapter)
+            await _try_adapter(services, character, adapter)
         await Console(services, character, user_name=user_name, channel_id=channel_id).run()
     finally:
         await services.close()
+
+
+async def _try_adapter(services: Services, character: Character, adapter: Path) -> None:
+    """Serve `character` with another adapter folder, in this process only."""
+    from bot.generation.embedded import EmbeddedBackend
+
+    backend = services.backend
+    if not isinstance(backend, EmbeddedBackend):
+        raise ConfigError(
+            f"trying an adapter folder needs backend.mode: embedded (it is {backend.mode}); "
+            "copy the adapter to the character's folder and /reload-adapter instead"
+        )
+    await backend.batcher.run(backend.engine.load_adapter, character.id, adapter)
+    log.info("%s speaks with the adapter in %s", character.name, adapter)

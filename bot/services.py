@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bot.characters import Character, CharacterRegistry, adapter_dir
+from bot.characters import Character, CharacterRegistry
 from bot.chat import ChatService
 from bot.config import EMBEDDED_MODEL, Config
-from bot.engine import AdapterError, Batcher, InferenceEngine
+from bot.generation import BackendStatus, GenerationBackend, ReloadOutcome
 from bot.history import HistoryStore
 from bot.presence import PresenceStore
 from bot.redis_connection import RedisConnection, connect_redis
+
+if TYPE_CHECKING:
+    from bot.engine import InferenceEngine
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +25,8 @@ log = logging.getLogger(__name__)
 class ServiceStatus:
     """What /status shows, gathered without waiting on anything that may hang."""
 
-    model: str
-    device: str
-    quantization: str
-    adapters: list[str]  # characters with an adapter loaded
-    adapter_failures: dict[str, str]  # character id -> why its adapter was refused
+    backend: BackendStatus
     characters: int
-    queue_depth: int
-    batches_run: int
     redis_ok: bool
     redis_description: str
     redis_error: str | None
@@ -42,16 +39,13 @@ class Services:
     registry: CharacterRegistry
     redis: RedisConnection
     history: HistoryStore
-    engine: InferenceEngine
-    batcher: Batcher
+    backend: GenerationBackend
     chat: ChatService
     presence: PresenceStore
 
-    async def reload_adapter(self, character: Character) -> Path:
-        """Load the character's adapter folder anew, between batches; AdapterError keeps the old."""
-        path = adapter_dir(self.config.characters_path, character.id)
-        await self.batcher.run(self.engine.load_adapter, character.id, path)
-        return path
+    async def reload_adapter(self, character: Character) -> list[ReloadOutcome]:
+        """Load the character's adapter anew wherever the model runs; a refusal keeps the old."""
+        return await self.backend.reload_adapter(character.id)
 
     async def status(self, redis_timeout: float = 0.5) -> ServiceStatus:
         """A snapshot for /status; Redis gets `redis_timeout` seconds to answer a PING, so a hung
@@ -59,14 +53,8 @@ class Services:
         redis_ok = await self.redis.ping(timeout=redis_timeout)
         health = self.redis.health
         return ServiceStatus(
-            model=self.engine.model_name,
-            device=str(self.engine.device),
-            quantization=self.engine.quantization,
-            adapters=sorted(self.engine.adapters),
-            adapter_failures=dict(self.engine.adapter_failures),
+            backend=await self.backend.status(),
             characters=len(self.registry),
-            queue_depth=self.batcher.queue_depth,
-            batches_run=self.batcher.batches_run,
             redis_ok=redis_ok,
             redis_description=self.redis.description,
             redis_error=None if redis_ok else health.error,
@@ -74,24 +62,8 @@ class Services:
         )
 
     async def close(self) -> None:
-        await self.batcher.close()  # finish the running batch before Redis goes away
+        await self.backend.close()  # finish what is running before Redis goes away
         await self.redis.close()
-
-
-def load_adapters(engine: InferenceEngine, registry: CharacterRegistry) -> list[str]:
-    """Load every character's adapter; a broken one is logged and the character runs on the base."""
-    loaded = []
-    for character in registry:
-        if character.adapter_path is None:
-            continue
-        try:
-            engine.load_adapter(character.id, character.adapter_path)
-            loaded.append(character.id)
-        except AdapterError as exc:
-            log.error(
-                "Adapter of %s not loaded, answering with the base model: %s", character.id, exc
-            )
-    return loaded
 
 
 async def open_services(
@@ -110,10 +82,7 @@ async def open_services(
     redis = await connect_redis(config.redis_url, config.data_path)
     redis.start_supervisor(config.redis.check_interval)  # restarts a dead embedded server
     try:
-        if engine is None:
-            engine = InferenceEngine.from_config(config)
-            load_adapters(engine, registry)
-        # before the batcher starts: a failure here leaves only Redis to close
+        # Before anything starts: a failure here leaves only Redis to close.
         retriever = None
         if config.prompt.examples == "retrieved":
             from bot.embeddings import load_encoder
@@ -126,12 +95,7 @@ async def open_services(
             ttl_seconds=config.history.ttl_seconds,
             key_prefix=key_prefix,
         )
-        batcher = Batcher(
-            engine,
-            max_batch_size=config.batching.max_batch_size,
-            max_wait_ms=config.batching.max_wait_ms,
-        )
-        await batcher.start()
+        backend = await open_backend(config, registry, redis, key_prefix, engine=engine)
     except BaseException:
         await redis.close()
         raise
@@ -139,9 +103,46 @@ async def open_services(
         config=config,
         registry=registry,
         history=history,
-        batcher=batcher,
-        tokenizer=engine.tokenizer,
+        backend=backend,
         retriever=retriever,
     )
     presence = PresenceStore(redis.client, key_prefix=key_prefix)
-    return Services(config, registry, redis, history, engine, batcher, chat, presence)
+    return Services(config, registry, redis, history, backend, chat, presence)
+
+
+async def open_backend(
+    config: Config,
+    registry: CharacterRegistry,
+    redis: RedisConnection,
+    key_prefix: str,
+    *,
+    engine: InferenceEngine | None = None,
+) -> GenerationBackend:
+    """The backend `backend.mode` names; `engine` (embedded mode) serves instead of loading one."""
+    mode = config.backend.mode
+    if mode == "embedded":
+        from bot.engine import Batcher, InferenceEngine
+        from bot.generation.embedded import EmbeddedBackend, load_adapters
+
+        if engine is None:
+            engine = InferenceEngine.from_config(config)
+            load_adapters(engine, registry)
+        batcher = Batcher(
+            engine,
+            max_batch_size=config.batching.max_batch_size,
+            max_wait_ms=config.batching.max_wait_ms,
+        )
+        await batcher.start()
+        return EmbeddedBackend(engine, batcher, config.characters_path)
+    if engine is not None:
+        raise ValueError(f"an engine was given, but backend.mode is {mode}")
+    from bot.engine.loading import load_tokenizer  # the prompt budget needs it; no weights
+
+    tokenizer = load_tokenizer(config)
+    if mode == "worker":
+        from bot.generation.worker_client import WorkerBackend
+
+        return WorkerBackend(config, redis, key_prefix, tokenizer)
+    from bot.generation.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(config, tokenizer)

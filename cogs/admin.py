@@ -11,8 +11,9 @@ from bot.characters import UnknownCharacter
 from bot.discord_app.autocomplete import character_choices
 from bot.discord_app.client import CharacterBot
 from bot.discord_app.cog import ServicesCog
-from bot.engine import AdapterError
+from bot.generation import ReloadOutcome
 from bot.postprocess import DISCORD_MESSAGE_LIMIT
+from bot.services import ServiceStatus
 
 
 class Admin(ServicesCog):
@@ -44,25 +45,9 @@ class Admin(ServicesCog):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         started = time.perf_counter()
-        try:
-            path = await services.reload_adapter(chosen)
-        except AdapterError as exc:
-            await interaction.followup.send(
-                f"The new adapter for {chosen.name} was refused: {exc}. {self._serving(chosen.id)}",
-                ephemeral=True,
-            )
-            return
+        outcomes = await services.reload_adapter(chosen)
         took = time.perf_counter() - started
-        await interaction.followup.send(
-            f"{chosen.name} now speaks with the adapter from `{path.name}/` "
-            f"(loaded in {took:.1f} s, no restart).",
-            ephemeral=True,
-        )
-
-    def _serving(self, character_id: str) -> str:
-        if character_id in self.services.engine.adapters:
-            return "The previous adapter keeps serving."
-        return "The character keeps answering with the base model."
+        await interaction.followup.send(reload_report(chosen.name, outcomes, took), ephemeral=True)
 
     @app_commands.command(name="status", description="Model, adapters, queue and Redis health")
     @app_commands.default_permissions(manage_guild=True)
@@ -72,25 +57,62 @@ class Admin(ServicesCog):
         # Answers within Discord's 3-second deadline: Redis gets half a second to PING.
         status = await self.services.status(redis_timeout=0.5)
         uptime = int(time.monotonic() - self.started)
-        redis = "ok" if status.redis_ok else f"NOT reachable ({status.redis_error or 'no answer'})"
-        if status.redis_restarts:
-            redis += f", restarted {status.redis_restarts}x"
-        lines = [
-            f"**Model**: {status.model} on {status.device}, quantization {status.quantization}",
-            f"**Adapters loaded**: {', '.join(status.adapters) or 'none'}",
-            *(
-                f"**Adapter refused**: {cid} answers with the base model: {why}"
-                for cid, why in sorted(status.adapter_failures.items())
-            ),
-            f"**Characters**: {status.characters}",
-            f"**Queue**: {status.queue_depth} waiting, {status.batches_run} batches run",
-            f"**Redis**: {redis} ({status.redis_description})",
-            f"**Uptime**: {uptime // 3600}h {uptime % 3600 // 60}m",
-        ]
+        lines = [*status_lines(status), f"**Uptime**: {uptime // 3600}h {uptime % 3600 // 60}m"]
         text = "\n".join(lines)
         if len(text) > DISCORD_MESSAGE_LIMIT:
             text = text[: DISCORD_MESSAGE_LIMIT - 1] + "…"
         await interaction.response.send_message(text, ephemeral=True)
+
+
+def reload_report(name: str, outcomes: list[ReloadOutcome], seconds: float) -> str:
+    """One line per place that serves the model: what it loaded, or why it refused."""
+    if len(outcomes) == 1:
+        [outcome] = outcomes
+        if outcome.ok:
+            return (
+                f"{name} now speaks with the adapter from `{outcome.detail}` "
+                f"(loaded in {seconds:.1f} s, no restart)."
+            )
+        return f"The new adapter for {name} was refused: {outcome.detail}."
+    loaded = sum(o.ok for o in outcomes)
+    lines = [f"Reloading {name}'s adapter: {loaded} of {len(outcomes)} loaded in {seconds:.1f} s."]
+    for o in outcomes:
+        lines.append(
+            f"- {o.where}: " + (f"loaded `{o.detail}`" if o.ok else f"refused: {o.detail}")
+        )
+    return "\n".join(lines)
+
+
+def status_lines(status: ServiceStatus) -> list[str]:
+    backend = status.backend
+    redis = "ok" if status.redis_ok else f"NOT reachable ({status.redis_error or 'no answer'})"
+    if status.redis_restarts:
+        redis += f", restarted {status.redis_restarts}x"
+    lines = [
+        f"**Model** ({backend.mode}): {backend.model} on {backend.device}, "
+        f"quantization {backend.quantization}",
+        f"**Adapters loaded**: {', '.join(backend.adapters) or 'none'}",
+        *(
+            f"**Adapter refused**: {cid} answers with the base model: {why}"
+            for cid, why in sorted(backend.adapter_failures.items())
+        ),
+    ]
+    if backend.problem:
+        lines.append(f"**Not answering**: {backend.problem}")
+    for worker in backend.workers:
+        lines.append(
+            f"**Worker** {worker.name}: {worker.model} on {worker.device}, "
+            f"{len(worker.adapters)} adapters, {worker.batches} batches, "
+            f"{worker.queue} in its queue, seen {worker.age:.0f} s ago"
+        )
+    oldest = backend.oldest_pending_age
+    waiting = f", oldest waiting {oldest:.1f} s" if oldest is not None else ""
+    lines += [
+        f"**Characters**: {status.characters}",
+        f"**Queue**: {backend.queue_depth} waiting{waiting}, {backend.batches_run} batches run",
+        f"**Redis**: {redis} ({status.redis_description})",
+    ]
+    return lines
 
 
 async def setup(bot: CharacterBot) -> None:

@@ -28,6 +28,7 @@ from bot.discord_app.speaker import (
     SendFailed,
     describe,
 )
+from bot.generation import BackendUnavailable
 from bot.routing import addressed_by_text, route_message
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,10 @@ class Chat(ServicesCog):
                 "Redis unavailable, reply of %s in %s dropped: %r", character.id, channel.id, exc
             )
             await self._failed(message, live, MEMORY_DOWN)
+            return
+        except BackendUnavailable as exc:
+            log.warning("No reply of %s in %s: %s", character.id, channel.id, exc)
+            await self._failed(message, live, str(exc))
             return
         except Exception:
             log.exception("Reply of %s in channel %s failed", character.id, channel.id)

@@ -230,11 +230,11 @@ async def test_reload_adapter_needs_manage_server(bot, fake):
     await fake.slash("reload-adapter", character="goku", user_id=fake.member_id)
     response = last_response(fake)
     assert response["ephemeral"] and "Manage Server" in response["content"]
-    assert bot.services.engine.adapters == {}
+    assert bot.services.backend.engine.adapters == {}
 
 
 async def test_reload_adapter_live_and_broken_adapter_refused(bot, fake, characters_dir):
-    engine = bot.services.engine
+    engine = bot.services.backend.engine
     adapter = characters_dir / "goku" / "adapter"
     await fake.slash("reload-adapter", character="goku", user_id=fake.admin_id)
     assert "refused" in last_response(fake)["content"]  # no adapter folder yet
@@ -261,7 +261,7 @@ async def test_reload_adapter_live_and_broken_adapter_refused(bot, fake, charact
 async def test_status_for_admins(bot, fake):
     await fake.slash("status", user_id=fake.admin_id)
     status = last_response(fake)["content"]
-    assert "**Model**: embedded on cpu" in status and "**Redis**: ok" in status
+    assert "**Model** (embedded): embedded on cpu" in status and "**Redis**: ok" in status
 
 
 async def test_redis_errors_in_commands_get_a_clear_notice(bot, fake, caplog):

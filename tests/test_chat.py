@@ -5,6 +5,7 @@ import pytest
 from bot.characters import CharacterRegistry
 from bot.chat import ChatService
 from bot.config import PROJECT_ROOT
+from bot.generation.embedded import EmbeddedBackend
 
 
 @pytest.fixture
@@ -18,8 +19,7 @@ def chat(config, registry, history, batcher, engine):
         config=config,
         registry=registry,
         history=history,
-        batcher=batcher,
-        tokenizer=engine.tokenizer,
+        backend=EmbeddedBackend(engine, batcher, PROJECT_ROOT / "characters"),
     )
 
 

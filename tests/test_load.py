@@ -65,7 +65,7 @@ async def test_fifty_channels_twenty_messages_each(
         async def sample_queue() -> None:
             nonlocal peak_queue
             while sampling:
-                peak_queue = max(peak_queue, bot.services.batcher.queue_depth)
+                peak_queue = max(peak_queue, bot.services.backend.batcher.queue_depth)
                 await asyncio.sleep(0.005)
 
         sampler = asyncio.create_task(sample_queue())
@@ -121,7 +121,7 @@ async def test_fifty_channels_twenty_messages_each(
             f"replies {outcomes['reply']}, notices {outcomes['notice']}; latency "
             f"p50 {percentile(latencies, 50):.2f} s, p95 {percentile(latencies, 95):.2f} s, "
             f"p99 {percentile(latencies, 99):.2f} s; peak queue depth {peak_queue}; "
-            f"batches {bot.services.batcher.batches_run}"
+            f"batches {bot.services.backend.batcher.batches_run}"
         )
     finally:
         await runner.stop(bot)

@@ -226,7 +226,7 @@ async def test_message_deleted_mid_stream_is_posted_afresh(bot, fake, channel, g
     live = live_reply(bot, channel, goku)
     partial = await streamed(live, fake, "Hello")
     fake.delete_message(partial["id"])  # someone deletes the half-written reply
-    await asyncio.to_thread(live.feed, " there")
+    await asyncio.to_thread(live.feed, "Hello there")
     await settle(live._task.done)  # the edit got 404 10008: streaming stops
     sent = await live.finish(FINAL)
     assert visible(fake, fake.channel_id) == [FINAL]
@@ -240,7 +240,7 @@ async def test_unknown_message_for_a_message_that_still_shows(bot, fake, channel
     live = live_reply(bot, channel, goku)
     partial = await streamed(live, fake, "Hello")
     fake.fail("webhook_edit", 404, 10008, "Unknown Message", times=100)
-    await asyncio.to_thread(live.feed, " there")
+    await asyncio.to_thread(live.feed, "Hello there")
     await settle(live._task.done)
     sent = await live.finish(FINAL)
     assert visible(fake, fake.channel_id) == [FINAL] and sent[0].id != partial["id"]
@@ -254,10 +254,10 @@ async def test_edit_failing_mid_stream_stops_streaming_then_finish_edits(bot, fa
     live = live_reply(bot, channel, goku)
     partial = await streamed(live, fake, "Hello")
     fake.fail("webhook_edit", 503, 0, "Service Unavailable")
-    await asyncio.to_thread(live.feed, " there")
+    await asyncio.to_thread(live.feed, "Hello there")
     await settle(live._task.done)
     assert len(fake.failed_calls) == 1
-    await asyncio.to_thread(live.feed, ", friend")  # nothing streams any more
+    await asyncio.to_thread(live.feed, "Hello there, friend")  # nothing streams any more
     sent = await live.finish(FINAL)
     assert [m.id for m in sent] == [partial["id"]]
     assert visible(fake, fake.channel_id) == [FINAL]

@@ -315,12 +315,13 @@ class LiveReply:
         self._done = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="live-reply")
 
-    def feed(self, piece: str) -> None:
-        """Called from the engine thread with each new piece of text."""
-        self._loop.call_soon_threadsafe(self._append, piece)
+    def feed(self, text: str) -> None:
+        """Called from any thread with the reply's text so far; text that starts over (a job
+        retried elsewhere) replaces what is shown."""
+        self._loop.call_soon_threadsafe(self._update, text)
 
-    def _append(self, piece: str) -> None:
-        self._raw += piece
+    def _update(self, text: str) -> None:
+        self._raw = text
         self._changed.set()
 
     def _chunks(self, text: str) -> list[str]:

@@ -11,9 +11,8 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,13 @@ from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, LoraConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND, load_peft_weights
 
-from bot.config import Config, GenerationConfig
+from bot.config import Config
+from bot.generation.request import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingSettings,
+    TextCallback,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,44 +147,10 @@ def _file_key(key: str, name: str) -> str:
     return key.removeprefix("base_model.model.").replace(f".{name}.", ".").removesuffix(f".{name}")
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Settings shared by a batch; requests with different settings go in different batches."""
-
-    max_new_tokens: int
-    temperature: float  # 0 = greedy
-    top_p: float
-    repetition_penalty: float
-
-    @classmethod
-    def from_config(cls, config: GenerationConfig, **overrides: Any) -> SamplingSettings:
-        values = config.model_dump(exclude={"seed"}) | overrides
-        return cls(**values)
-
-
-# Called from the worker thread with each newly decoded piece of text of one row.
-TokenCallback = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt: str  # rendered with the chat template, generation prompt included
-    settings: SamplingSettings
-    adapter: str | None = None  # character id, or None for the bare base model
-    on_text: TokenCallback | None = None
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    text: str
-    new_tokens: int
-    hit_token_limit: bool  # stopped at max_new_tokens, so the text may end mid-sentence
-
-
 class _RowStreamer:
-    """transformers streamer for a whole batch: decodes each row and reports new text pieces."""
+    """transformers streamer for a whole batch: decodes each row and reports its text so far."""
 
-    def __init__(self, tokenizer: Any, callbacks: list[TokenCallback | None]) -> None:
+    def __init__(self, tokenizer: Any, callbacks: list[TextCallback | None]) -> None:
         self._tokenizer = tokenizer
         self._callbacks = callbacks
         self._ids: list[list[int]] = [[] for _ in callbacks]
@@ -202,7 +173,7 @@ class _RowStreamer:
             text = self._tokenizer.decode(self._ids[row], skip_special_tokens=True)
             # Hold back a trailing replacement char: a multi-byte character is half decoded.
             if len(text) > self._sent[row] and not text.endswith("\ufffd"):
-                callback(text[self._sent[row] :])
+                callback(text)
                 self._sent[row] = len(text)
 
     def end(self) -> None:
