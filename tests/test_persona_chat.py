@@ -85,7 +85,7 @@ def test_a_record_s_persona_is_the_card_description(tokenizer):
 def test_example_losses_are_each_example_s_own_mean_loss(engine, tokenizer, share_prefix):
     dialogues = read_dialogues(FIXTURE)
     records = [r for d in dialogues for r in next_turn_records(d)]
-    records += [{**records[0], "reply": "Bananas orbit the moon quietly."}]
+    records += [replace(records[0], reply="Bananas orbit the moon quietly.")]
     examples, _ = encode_all(records, persona_card(None), tokenizer, max_seq_len=512)
     recipe = Recipe(batch_size=8, share_prefix=share_prefix)
 
