@@ -29,8 +29,8 @@ RUN PIP_NO_CACHE_DIR=1 PIP_EXTRA_INDEX_URL="https://download.pytorch.org/whl/${T
 COPY . .
 # The bot runs unprivileged; the data dir (embedded Redis, converted model) is all it writes.
 # A numeric USER, so the runtime (and Kubernetes' runAsNonRoot) can tell it is not root.
-# finetune writes cards and data readable by their owner only (atomic writes via mkstemp), and
-# COPY keeps modes: make characters/ readable to that user.
+# COPY keeps the build context's file modes: make characters/ readable to that user whatever
+# the host's umask was.
 RUN groupadd --gid 10001 charbot \
     && useradd --no-log-init --create-home --uid 10001 --gid 10001 charbot \
     && chmod -R a+rX characters \

