@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -78,3 +79,6 @@ def test_write_records_replaces_the_file_whole(tmp_path):
     write_records(files.train, records[:1])
     assert files.train.read_text(encoding="utf-8") == LINE + "\n"
     assert [p.name for p in files.folder.iterdir()] == ["train.jsonl"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert files.train.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600
