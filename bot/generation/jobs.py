@@ -103,9 +103,10 @@ class Chunk:
     new_tokens: int = 0
     hit_token_limit: bool = False
     error: str | None = None  # the attempt failed; the job is over
+    seconds: float = 0.0  # (final) the worker's time from taking the job to its answer
 
     def fields(self) -> dict[str, str]:
-        data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v not in (None, False, 0)}
         return {"chunk": json.dumps(data, ensure_ascii=False)}
 
     @classmethod

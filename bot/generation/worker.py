@@ -257,9 +257,17 @@ class ModelWorker:
                         log.debug("Partial text of job %s not written: %r", job.id, exc)
 
         streamer = asyncio.create_task(stream_text())
+        started = time.perf_counter()
         try:
             result = await self.batcher.submit(job.request(on_text))
-            final = Chunk(attempt, result.text, True, result.new_tokens, result.hit_token_limit)
+            final = Chunk(
+                attempt,
+                result.text,
+                done=True,
+                new_tokens=result.new_tokens,
+                hit_token_limit=result.hit_token_limit,
+                seconds=time.perf_counter() - started,
+            )
         except asyncio.CancelledError:
             raise  # stopping: the job stays pending, another worker takes it over
         except Exception as exc:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -33,6 +34,7 @@ from bot.redis_connection import RedisConnection
 READ_BLOCK_MS = 500  # under the Redis client's 1 s command timeout
 RELOAD_TIMEOUT = 30.0  # seconds the workers get to load an adapter and answer
 JOBS_MAXLEN = 10_000  # a bound on the job stream, far above any real queue
+ALIVE_CHECK_INTERVAL = 1.0  # seconds a "some worker is alive" answer is reused
 
 NO_WORKER = (
     "No model worker is running, so nobody can answer right now. "
@@ -59,6 +61,8 @@ class WorkerBackend:
         self.tokenizer = tokenizer
         self.in_flight = 0
         self.answered = 0
+        self.overheads: deque[float] = deque(maxlen=1000)  # seconds per job, newest last
+        self._alive_checked = (float("-inf"), False)  # (monotonic time, any worker alive)
 
     @property
     def client(self):
@@ -70,29 +74,39 @@ class WorkerBackend:
         now = time.time()
         beats = [Heartbeat.from_json(value) for value in raw.values()]
         live = [b for b in beats if now - b.at <= self.settings.heartbeat_timeout]
+        self._alive_checked = (time.monotonic(), bool(live))
         return sorted(live, key=lambda b: b.name)
 
+    async def _any_worker(self) -> bool:
+        """`workers()`, read at most once a second: a busy bot does not ask on every message."""
+        checked_at, alive = self._alive_checked
+        if time.monotonic() - checked_at > ALIVE_CHECK_INTERVAL:
+            alive = bool(await self.workers())
+        return alive
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        if not await self.workers():
+        if not await self._any_worker():
             raise BackendUnavailable(NO_WORKER)
+        started = time.perf_counter()
         job = Job.for_request(request, self.settings.job_timeout)
+        # The reply stream expires on its own (result_ttl_seconds): no clean-up round trip.
         reply_key = self.keys.reply(job.id)
         entry_id = await self.client.xadd(
             self.keys.jobs, job.fields(), maxlen=JOBS_MAXLEN, approximate=True
         )
         self.in_flight += 1
         try:
-            result = await self._follow(job, reply_key, entry_id, request)
-            self.answered += 1
-            return result
+            final = await self._follow(job, reply_key, entry_id, request)
         finally:
             self.in_flight -= 1
-            with contextlib.suppress(RedisError, OSError):  # else it expires on its own
-                await self.client.delete(reply_key)
+        self.answered += 1
+        # What the queue cost this job: everything but the worker's own time on it.
+        self.overheads.append(time.perf_counter() - started - final.seconds)
+        return final.result()
 
     async def _follow(
         self, job: Job, reply_key: str, entry_id: str, request: GenerationRequest
-    ) -> GenerationResult:
+    ) -> Chunk:
         """Read the job's reply stream until the current attempt is done."""
         last_id = "0-0"
         attempt: str | None = None
@@ -123,7 +137,7 @@ class WorkerBackend:
                     if request.on_text is not None and chunk.text:
                         request.on_text(chunk.text)
                     if chunk.done:
-                        return chunk.result()
+                        return chunk
 
     async def _withdraw(self, entry_id: str) -> None:
         """Take a job nobody started off the stream; a worker holding it sees it expired."""
