@@ -8,7 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.guards import compile_pattern
 
 CHARACTER_FILE = "character.yaml"
 ADAPTER_DIR = "adapter"
@@ -42,9 +51,39 @@ class Exchange(_Strict):
     character: str = Field(min_length=1)
 
 
+class Guard(_Strict):
+    """The checkable part of a rule (see `bot.guards`): regexes, case-insensitive."""
+
+    when: list[str] = []  # the message or the reply mentions one of these ...
+    must_say: list[str] = []  # ... then the reply must match one of these
+    never_say: list[str] = []  # the reply must match none of these (when `when` matches, if set)
+
+    @field_validator("when", "must_say", "never_say")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            compile_pattern(pattern)
+        return value
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> Guard:
+        if not self.must_say and not self.never_say:
+            raise ValueError("a guard needs must_say or never_say")
+        if self.must_say and not self.when:
+            raise ValueError("must_say needs `when`: say when the reply must say it")
+        return self
+
+    def compiled(self) -> tuple[tuple[re.Pattern[str], ...], ...]:
+        return tuple(
+            tuple(compile_pattern(p) for p in patterns)
+            for patterns in (self.when, self.never_say, self.must_say)
+        )
+
+
 class Rule(_Strict):
     rule: str = Field(min_length=1)
     examples: list[Exchange] = []
+    guard: Guard | None = None
 
 
 class Character(_Strict):
@@ -63,8 +102,26 @@ class Character(_Strict):
     fallback_lines: list[str] = Field(default_factory=lambda: ["..."], min_length=1)
     avatar_url: str | None = None
     language: str = "en"
+    # The default guard: the character never calls itself an AI (off for an android, say).
+    ai_guard: bool = True
     # Set by the registry, not the card.
     adapter_path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _examples_pass_their_guards(self) -> Character:
+        # A guard-breaking reply falls back to the rule's example answers: they must pass.
+        from bot.guards import violations
+
+        for index, rule in enumerate(self.rules):
+            for example in rule.examples:
+                broken = violations(self, example.user, example.character)
+                if broken:
+                    raise ValueError(
+                        f"rules[{index}]: the example answer {example.character[:60]!r} breaks "
+                        f"a guard ({broken[0].rule[:60]!r}: it {broken[0].reason}); fix the "
+                        "answer or the guard"
+                    )
+        return self
 
     @field_validator("examples")
     @classmethod
@@ -88,8 +145,14 @@ class Character(_Strict):
 
 def _format_validation_error(path: Path, error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    return f"{path}: {key}: {first['msg']} (got {first.get('input')!r:.60})"
+    # rules.1.guard.when.0 -> rules[1].guard.when[0]
+    key = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+    ).lstrip(".")
+    message = first["msg"].removeprefix("Value error, ")
+    if not key:  # a check across fields names its own place (e.g. "rules[2]: ...")
+        return f"{path}: {message}"
+    return f"{path}: {key}: {message} (got {first.get('input')!r:.60})"
 
 
 def adapter_dir(characters_dir: Path, character_id: str) -> Path:

@@ -6,8 +6,9 @@ Knows nothing of Discord: the console, the Discord cogs and the tests all call t
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from bot.characters import Character, CharacterRegistry
@@ -19,12 +20,18 @@ from bot.generation import (
     SamplingSettings,
     TextCallback,
 )
+from bot.guards import Violation, breaks_never_guard, violations
 from bot.history import HistoryStore, Turn
 from bot.postprocess import clean_reply
 from bot.prompt import Prompt, build_prompt, neutralize_special_tokens
 
 if TYPE_CHECKING:
     from bot.example_retrieval import ExampleRetriever  # imports torch: only when retrieving
+
+log = logging.getLogger(__name__)
+
+GUARD_ATTEMPTS = 2  # the reply, and one resample when it breaks a guard; then the fallback
+RESAMPLE_TEMPERATURE = 0.9
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,10 @@ class Reply:
     prompt: Prompt
     result: GenerationResult
     message: Turn  # the user's turn it answers, as stored (template tokens neutralized)
+    # Guards the model's replies broke, in order (empty: the first reply passed), and what was
+    # done: "" (nothing to do), "resampled" (the second sample passed) or "fallback".
+    broken: tuple[Violation, ...] = ()
+    guard_action: str = ""
 
     def answer_turn(self, text: str | None = None) -> Turn:
         return Turn(
@@ -66,6 +77,24 @@ def clean_character_reply(
         hit_token_limit=hit_token_limit,
         fallback=fallback,
     )
+
+
+def guarded_fallback(
+    character: Character, message: str, broken: list[Violation], *, seed: int = 0
+) -> str:
+    """What a character says when every sample broke a guard: the broken rule's example answer
+    whose question is closest to the message, else one of the card's fallback lines."""
+    words = set(message.lower().split())
+    examples = [
+        example
+        for violation in broken
+        if violation.rule_index is not None
+        for example in character.rules[violation.rule_index].examples
+    ]
+    if not examples:
+        return character.fallback(seed)
+    best = max(examples, key=lambda e: len(words & set(e.user.lower().split())))
+    return best.character
 
 
 class ChatService:
@@ -148,22 +177,43 @@ class ChatService:
         BackendUnavailable when the model cannot answer now."""
         message = self.user_turn(character, author=author, content=content)
         prompt, history = await self.prompt_for(channel_id, character, message)
-        result = await self.backend.generate(
-            GenerationRequest(
-                prompt=prompt.text,
-                settings=self.settings,
-                adapter=character.id,  # the engine serves characters without one on the base
-                on_text=on_text,
+        authors = [message.author, *(t.author for t in history)]
+        broken: list[Violation] = []
+        settings = self.settings
+        for attempt in range(GUARD_ATTEMPTS):
+            result = await self.backend.generate(
+                GenerationRequest(
+                    prompt=prompt.text,
+                    settings=settings,
+                    adapter=character.id,  # the engine serves characters without one on the base
+                    on_text=on_text if attempt == 0 else None,
+                )
             )
-        )
-        text = self.clean(
-            character,
-            result.text,
-            authors=[message.author, *(t.author for t in history)],
-            hit_token_limit=result.hit_token_limit,
-            fallback=character.fallback(len(history)),
-        )
-        return Reply(character, text, prompt, result, message)
+            text = self.clean(
+                character,
+                result.text,
+                authors=authors,
+                hit_token_limit=result.hit_token_limit,
+                fallback=character.fallback(len(history)),
+            )
+            found = violations(character, message.content, text)
+            if not found:
+                action = "resampled" if broken else ""
+                return Reply(character, text, prompt, result, message, tuple(broken), action)
+            broken += found
+            # Greedy decoding would say the same again: the second try samples.
+            settings = replace(
+                settings, temperature=max(settings.temperature, RESAMPLE_TEMPERATURE)
+            )
+        text = guarded_fallback(character, message.content, broken, seed=len(history))
+        log.info("%s's replies broke %s; answered with a rule's example", character.id, broken)
+        return Reply(character, text, prompt, result, message, tuple(broken), "fallback")
+
+    def preview(self, character: Character, raw: str, *, message: str, authors: list[str]) -> str:
+        """Streamed text as it may be shown: cleaned, and nothing while it already says what a
+        guard forbids (the final reply replaces it)."""
+        text = self.clean(character, raw, authors=authors)
+        return "" if breaks_never_guard(character, message, text) else text
 
     async def remember(
         self, channel_id: str | int, reply: Reply, shown_text: str | None = None

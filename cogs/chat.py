@@ -176,8 +176,8 @@ class Chat(ServicesCog):
                 speaker,
                 channel,
                 character,
-                preview=lambda raw: services.chat.clean(
-                    character, raw, authors=[message.author.display_name]
+                preview=lambda raw: services.chat.preview(
+                    character, raw, message=text, authors=[message.author.display_name]
                 ),
                 interval=self.bot.config.discord.stream_interval,
             )

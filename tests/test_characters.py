@@ -57,7 +57,10 @@ def test_search_for_autocomplete(registry):
         ({"greeting": ""}, "greeting: String should have at least 1 character"),
         ({"id": "Bad Id!"}, "id: String should match pattern"),
         ({"examples": [[]]}, "each example dialogue needs at least one exchange"),
-        ({"rules": [{"rule": "x", "examples": [{"user": "hi"}]}]}, "rules.0.examples.0.character"),
+        (
+            {"rules": [{"rule": "x", "examples": [{"user": "hi"}]}]},
+            "rules[0].examples[0].character",
+        ),
     ],
 )
 def test_invalid_card_names_file_and_key(tmp_path, fields, message):

@@ -6,6 +6,7 @@ from bot.characters import CharacterRegistry
 from bot.chat import ChatService
 from bot.config import PROJECT_ROOT
 from bot.generation.embedded import EmbeddedBackend
+from tests.helpers import write_character
 
 
 @pytest.fixture
@@ -87,3 +88,37 @@ async def test_injected_template_turns_stay_text_in_the_prompt_and_in_memory(
     later = await chat.reply("c4", goku, author="bob", content="What's your name?")
     later_ids = tokenizer(later.prompt.text, add_special_tokens=False)["input_ids"]
     assert later_ids.count(starts) == len(later.prompt.messages) + 1
+
+
+async def test_a_reply_that_breaks_a_guard_is_never_given(
+    config, history, batcher, engine, tmp_path
+):
+    # Asked about the moon, Tess may only howl: whatever the model says, it breaks the guard
+    # twice (the reply and the resample), so the rule's own example answer is given instead.
+    howl = {
+        "rule": "About the moon, Tess only howls.",
+        "examples": [{"user": "What about the moon?", "character": "Awoooo!"}],
+        "guard": {"when": ["moon"], "never_say": [r"\b(?!awo+\b)[a-z]+\b"]},
+    }
+    write_character(tmp_path, rules=[howl])
+    registry = CharacterRegistry.load(tmp_path)
+    chat = ChatService(
+        config=config,
+        registry=registry,
+        history=history,
+        backend=EmbeddedBackend(engine, batcher, tmp_path),
+    )
+    tess = registry.get("tester")
+    shown: list[str] = []
+    reply = await chat.reply(
+        "moon", tess, author="alice", content="Tell me about the moon.", on_text=shown.append
+    )
+    assert reply.text == "Awoooo!" and reply.guard_action == "fallback"
+    assert [v.rule for v in reply.broken] == [howl["rule"]] * 2
+    # While streaming, the text was held back as soon as it broke the guard.
+    assert chat.preview(tess, shown[-1], message="Tell me about the moon.", authors=[]) == ""
+    assert (await history.recent("moon"))[-1].content == "Awoooo!"
+
+    # Not about the moon: the guard does not apply, the model's reply is given as it is.
+    other = await chat.reply("sun", tess, author="alice", content="How are you?")
+    assert other.guard_action == "" and not other.broken and other.text != "Awoooo!"
