@@ -83,7 +83,13 @@ class Guard(_Strict):
 class Rule(_Strict):
     rule: str = Field(min_length=1)
     examples: list[Exchange] = []
-    guard: Guard | None = None
+    # One guard, or a list when parts apply in different situations (one always, one `when`).
+    guard: list[Guard] = []
+
+    @field_validator("guard", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, dict) else value
 
 
 class Character(_Strict):

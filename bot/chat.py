@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -84,17 +85,23 @@ def guarded_fallback(
 ) -> str:
     """What a character says when every sample broke a guard: the broken rule's example answer
     whose question is closest to the message, else one of the card's fallback lines."""
-    words = set(message.lower().split())
     examples = [
         example
         for violation in broken
         if violation.rule_index is not None
         for example in character.rules[violation.rule_index].examples
     ]
-    if not examples:
-        return character.fallback(seed)
-    best = max(examples, key=lambda e: len(words & set(e.user.lower().split())))
-    return best.character
+    words = _content_words(message)
+    scored = [(len(words & _content_words(e.user)), e) for e in examples]
+    best = max(scored, key=lambda pair: pair[0], default=(0, None))
+    # An example about something else would answer the wrong question: a fallback line is
+    # vaguer, but never off topic.
+    return best[1].character if best[1] is not None and best[0] > 0 else character.fallback(seed)
+
+
+def _content_words(text: str) -> set[str]:
+    """Words of four letters or more: enough to tell what a question is about."""
+    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if len(w) >= 4}
 
 
 class ChatService:

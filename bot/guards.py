@@ -9,9 +9,10 @@ A rule in `character.yaml` may carry a `guard`:
         never_say: ['\\b(lord|king|mr\\.?) zeno\\b']  # a reply saying any of these breaks it
 
 `never_say` applies always, or only when `when` matches if `when` is given; `must_say` needs
-`when`. Patterns are Python regexes, case-insensitive, searched anywhere. Every card also gets
-the default guard that the character never calls itself an AI, a language model or an
-assistant (`ai_guard: false` in the card turns it off, e.g. for an android character).
+`when`. A rule may list several guards (e.g. one that always applies and one with `when`).
+Patterns are Python regexes, case-insensitive, searched anywhere. Every card also gets the
+default guard that the character never calls itself an AI, a language model or an assistant
+(`ai_guard: false` in the card turns it off, e.g. for an android character).
 A rule's own example answers must pass its guard: the card is refused otherwise, since those
 answers are what a guard-breaking reply falls back to.
 """
@@ -30,7 +31,8 @@ AI_RULE = "Never says it is an AI, a language model or an assistant."
 AI_PATTERNS = (
     r"\b(i am|i'm|im|i was)\s+(just\s+|only\s+|merely\s+)?(an?\s+|the\s+)?"
     r"(ai|a\.i\.|artificial intelligence|(large\s+)?language model|llm|chat\s?bot|"
-    r"(virtual|ai|digital)\s+assistant|assistant|computer program|bot)\b",
+    r"(virtual|ai|digital)\s+assistant|assistant|computer program|program|software|machine|"
+    r"robot|bot)\b",
     r"\bas an (ai|a\.i\.|artificial intelligence|(large )?language model|assistant)\b",
     r"\b(openai|anthropic|hugging ?face|smollm)\b",
 )
@@ -68,18 +70,18 @@ def violations(character: Character, message: str, reply: str) -> list[Violation
     if character.ai_guard and (found := _search(_AI, reply)):
         broken.append(Violation(AI_RULE, f"says {found.group(0)!r}"))
     for index, rule in enumerate(character.rules):
-        guard = rule.guard
-        if guard is None:
-            continue
-        when, never, must = guard.compiled()
-        triggered = not when or _search(when, message) or _search(when, reply)
-        if not triggered:
-            continue
-        if never and (found := _search(never, reply)):
-            broken.append(Violation(rule.rule, f"says {found.group(0)!r}", index))
-        elif must and when and not _search(must, reply):
-            said = ", ".join(guard.must_say)
-            broken.append(Violation(rule.rule, f"does not say any of: {said}", index))
+        for guard in rule.guard:
+            when, never, must = guard.compiled()
+            triggered = not when or _search(when, message) or _search(when, reply)
+            if not triggered:
+                continue
+            if never and (found := _search(never, reply)):
+                broken.append(Violation(rule.rule, f"says {found.group(0)!r}", index))
+                break
+            if must and not _search(must, reply):
+                said = ", ".join(guard.must_say)
+                broken.append(Violation(rule.rule, f"does not say any of: {said}", index))
+                break
     return broken
 
 

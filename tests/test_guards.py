@@ -34,10 +34,10 @@ def rule(guard: dict, answer: str = "Nice try!") -> list[dict]:
 @pytest.mark.parametrize(
     ("guard", "message"),
     [
-        ({"never_say": ["(unclosed"]}, "rules[0].guard.never_say: '(unclosed' is not a valid"),
-        ({"when": ["x"]}, "rules[0].guard: a guard needs must_say or never_say"),
-        ({"must_say": ["y"]}, "rules[0].guard: must_say needs `when`"),
-        ({"never_say": ["x"], "typo": ["y"]}, "rules[0].guard.typo: Extra inputs"),
+        ({"never_say": ["(unclosed"]}, "rules[0].guard[0].never_say: '(unclosed' is not a valid"),
+        ({"when": ["x"]}, "rules[0].guard[0]: a guard needs must_say or never_say"),
+        ({"must_say": ["y"]}, "rules[0].guard[0]: must_say needs `when`"),
+        ({"never_say": ["x"], "typo": ["y"]}, "rules[0].guard[0].typo: Extra inputs"),
     ],
 )
 def test_bad_guards_name_the_rule_and_what_is_wrong(tmp_path, guard, message):
@@ -98,3 +98,17 @@ def test_the_shipped_cards_examples_pass_their_guards():
         for rule_ in character.rules:
             for example in rule_.examples:
                 assert violations(character, example.user, example.character) == []
+
+
+def test_the_fallback_is_the_closest_example_answer_or_a_fallback_line():
+    from bot.chat import guarded_fallback
+
+    goku = CAST.get("goku")
+    zeno = violations(goku, "What do you think of Zeno?", "I love Zeno!")
+    assert guarded_fallback(goku, "What do you think of Zeno?", zeno).startswith("Oh, Mr. Zenny?")
+    # The GT rule's one example is about Super Saiyan 4: for another question it would answer
+    # the wrong thing, so a fallback line is given.
+    gt = violations(goku, "Tell me about GT.", "GT was great, I loved it!")
+    assert gt and guarded_fallback(goku, "Tell me about GT.", gt, seed=1) == goku.fallback(1)
+    ai = violations(goku, "Are you an AI?", "I'm an AI.")
+    assert guarded_fallback(goku, "Are you an AI?", ai, seed=2) == goku.fallback(2)
