@@ -24,16 +24,23 @@ from pathlib import Path
 
 import torch
 
-from bench.worker_processes import RedisServer, WorkerProcess, cast_requests, write_worker_config
+from bench.worker_processes import (
+    RedisServer,
+    WorkerProcess,
+    cast_requests,
+    wait_for_workers,
+    write_worker_config,
+)
 from bot.characters import CharacterRegistry
 from bot.config import PROJECT_ROOT, load_config
 from bot.engine import Batcher, InferenceEngine
 from bot.generation import GenerationBackend, GenerationRequest, SamplingSettings
 from bot.generation.embedded import EmbeddedBackend, load_adapters
-from bot.generation.jobs import Heartbeat, JobKeys
+from bot.generation.jobs import JobKeys
 from bot.generation.worker_client import WorkerBackend
 from bot.redis_connection import connect_redis
 
+STARTUP_SECONDS = 300  # workers loading the model
 WORKER_SETTINGS = {"claim_idle_seconds": 15.0, "heartbeat_interval": 0.5, "job_timeout": 120.0}
 
 
@@ -107,18 +114,6 @@ async def one_at_a_time(
     return [(await timed(backend, r))[1] for r in requests]
 
 
-async def wait_for_workers(redis, keys: JobKeys, names: list[str], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        beats = {
-            n: Heartbeat.from_json(v) for n, v in (await redis.client.hgetall(keys.workers)).items()
-        }
-        if all(n in beats and time.time() - beats[n].at < 2 for n in names):
-            return
-        await asyncio.sleep(0.5)
-    raise SystemExit(f"workers {names} did not start within {timeout:.0f} s")
-
-
 async def main(args: argparse.Namespace) -> None:
     config = load_config()
     engine = InferenceEngine.from_config(config)  # also makes the model cache the workers use
@@ -186,7 +181,7 @@ async def main(args: argparse.Namespace) -> None:
                     worker.start()
                 try:
                     keys = JobKeys(prefix)
-                    await wait_for_workers(redis, keys, names)
+                    await wait_for_workers(redis.client, keys, names, STARTUP_SECONDS)
                     worker_config = config.model_copy(
                         update={
                             "backend": config.backend.model_copy(

@@ -3,6 +3,7 @@ on a free port, and `python -m bot worker` subprocesses pointed at it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import yaml
 
 from bot.config import PROJECT_ROOT
 from bot.generation import GenerationRequest, SamplingSettings
+from bot.generation.jobs import JobKeys, read_heartbeats
 
 CAST = ("goku", "naruto", "eren", "light")  # the shipped characters with adapters
 
@@ -134,3 +136,14 @@ def cast_requests(tokenizer, settings: SamplingSettings, count: int) -> list[Gen
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         requests.append(GenerationRequest(prompt, settings, adapter=character_id))
     return requests
+
+
+async def wait_for_workers(client, keys: JobKeys, names: list[str], timeout: float) -> None:
+    """Until every named worker has sent a heartbeat in the last two seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        beats = await read_heartbeats(client, keys)
+        if all(n in beats and time.time() - beats[n].at < 2 for n in names):
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"workers {names} did not send a heartbeat within {timeout:.0f} s")

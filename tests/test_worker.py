@@ -23,13 +23,14 @@ from bench.worker_processes import (
     RedisServer,
     WorkerProcess,
     cast_requests,
+    wait_for_workers,
     write_worker_config,
 )
 from bot.characters import CharacterRegistry
 from bot.config import PROJECT_ROOT, Config
 from bot.discord_app.client import CharacterBot
 from bot.generation import BackendUnavailable, SamplingSettings
-from bot.generation.jobs import GROUP, Heartbeat, JobKeys
+from bot.generation.jobs import GROUP, Heartbeat, JobKeys, read_heartbeats
 from bot.generation.worker_client import NO_WORKER, WorkerBackend
 from bot.redis_connection import RedisConnection, connect_redis
 from bot.services import open_services
@@ -80,15 +81,10 @@ class WorkerEnv:
         return WorkerBackend(self.config(**worker_settings), self.redis, self.prefix, tokenizer)
 
     async def beats(self) -> dict[str, Heartbeat]:
-        raw = await self.redis.client.hgetall(self.keys.workers)
-        return {name: Heartbeat.from_json(value) for name, value in raw.items()}
+        return await read_heartbeats(self.redis.client, self.keys)
 
     async def wait_alive(self, *names: str) -> None:
-        async def alive():
-            beats = await self.beats()
-            return all(n in beats and time.time() - beats[n].at < 2 for n in names)
-
-        await eventually(alive, STARTUP_SECONDS, f"workers {names} alive")
+        await wait_for_workers(self.redis.client, self.keys, list(names), STARTUP_SECONDS)
 
     async def batches(self) -> int:
         await asyncio.sleep(1.0)  # two heartbeats: the counters are current

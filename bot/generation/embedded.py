@@ -41,6 +41,20 @@ def refusal(error: Exception, had_adapter: bool) -> str:
     return f"{error}; {kept}"
 
 
+async def reload_into(
+    engine: InferenceEngine, batcher: Batcher, characters_dir: Path, character_id: str
+) -> tuple[bool, str]:
+    """Load the character's adapter folder anew, between batches (no reply is cut in half):
+    (True, the folder loaded) or (False, why it was refused and what keeps serving)."""
+    path = adapter_dir(characters_dir, character_id)
+    had = character_id in engine.adapters
+    try:
+        await batcher.run(engine.load_adapter, character_id, path)
+    except AdapterError as exc:
+        return False, refusal(exc, had)
+    return True, f"{path.parent.name}/{path.name}/"
+
+
 class EmbeddedBackend:
     mode = "embedded"
 
@@ -57,13 +71,8 @@ class EmbeddedBackend:
         return await self.batcher.submit(request)
 
     async def reload_adapter(self, character_id: str) -> list[ReloadOutcome]:
-        path = adapter_dir(self.characters_dir, character_id)
-        try:
-            # Between batches, on the engine's thread: no reply is cut in half.
-            await self.batcher.run(self.engine.load_adapter, character_id, path)
-        except AdapterError as exc:
-            return [ReloadOutcome(HERE, False, refusal(exc, character_id in self.engine.adapters))]
-        return [ReloadOutcome(HERE, True, f"{path.parent.name}/{path.name}/")]
+        ok, detail = await reload_into(self.engine, self.batcher, self.characters_dir, character_id)
+        return [ReloadOutcome(HERE, ok, detail)]
 
     async def status(self) -> BackendStatus:
         return BackendStatus(

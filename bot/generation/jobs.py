@@ -30,6 +30,7 @@ from bot.generation.request import (
 )
 
 GROUP = "workers"
+READ_BLOCK_MS = 500  # blocking reads stay under the Redis client's 1 s command timeout
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,12 @@ class Heartbeat:
     @classmethod
     def from_json(cls, raw: str) -> Heartbeat:
         return cls(**json.loads(raw))
+
+
+async def read_heartbeats(client: Any, keys: JobKeys) -> dict[str, Heartbeat]:
+    """Every worker's last heartbeat, by name (stale ones included: the caller judges age)."""
+    raw = await client.hgetall(keys.workers)
+    return {name: Heartbeat.from_json(value) for name, value in raw.items()}
 
 
 @dataclass(frozen=True)

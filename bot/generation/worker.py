@@ -27,14 +27,22 @@ from redis.exceptions import RedisError, ResponseError
 
 from bot.characters import CharacterRegistry, adapter_dir
 from bot.config import Config
-from bot.engine import AdapterError, Batcher, InferenceEngine
-from bot.generation.embedded import load_adapters, refusal
-from bot.generation.jobs import GROUP, Chunk, Heartbeat, Job, JobKeys, ReloadReply
+from bot.engine import Batcher, InferenceEngine
+from bot.engine.engine import WEIGHTS_FILES
+from bot.generation.embedded import load_adapters, reload_into
+from bot.generation.jobs import (
+    GROUP,
+    READ_BLOCK_MS,
+    Chunk,
+    Heartbeat,
+    Job,
+    JobKeys,
+    ReloadReply,
+)
 from bot.redis_connection import RedisConnection
 
 log = logging.getLogger(__name__)
 
-READ_BLOCK_MS = 500  # under the Redis client's 1 s command timeout
 TEXT_INTERVAL = 0.1  # seconds between two partial-text entries of one job
 REPLY_MAXLEN = 64  # entries a reply stream keeps (the newest carries the whole text)
 
@@ -45,7 +53,7 @@ def default_name() -> str:
 
 def adapter_version(path: Path) -> str:
     """A short hash of an adapter's weights: /status shows which version each worker serves."""
-    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+    for name in WEIGHTS_FILES:
         if (path / name).is_file():
             return hashlib.sha256((path / name).read_bytes()).hexdigest()[:12]
     return "?"
@@ -57,7 +65,6 @@ class ModelWorker:
         config: Config,
         redis: RedisConnection,
         engine: InferenceEngine,
-        registry: CharacterRegistry,
         *,
         name: str,
         key_prefix: str,
@@ -66,7 +73,6 @@ class ModelWorker:
         self.settings = config.backend.worker
         self.redis = redis
         self.engine = engine
-        self.registry = registry
         self.name = name
         self.keys = JobKeys(key_prefix)
         self.batcher = Batcher(
@@ -314,16 +320,13 @@ class ModelWorker:
         if request.get("op") != "reload":
             return
         character_id = str(request.get("character"))
-        path = adapter_dir(self.config.characters_path, character_id)
-        had = character_id in self.engine.adapters
-        try:
-            await self.batcher.run(self.engine.load_adapter, character_id, path)
-            self._versions[character_id] = adapter_version(path)
-            reply = ReloadReply(
-                self.name, True, f"{path.name}/ version {self._versions[character_id]}"
-            )
-        except AdapterError as exc:
-            reply = ReloadReply(self.name, False, refusal(exc, had))
+        characters_dir = self.config.characters_path
+        ok, detail = await reload_into(self.engine, self.batcher, characters_dir, character_id)
+        if ok:
+            version = adapter_version(adapter_dir(characters_dir, character_id))
+            self._versions[character_id] = version
+            detail = f"{detail} version {version}"
+        reply = ReloadReply(self.name, ok, detail)
         key = self.keys.control_reply(str(request.get("id")))
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.rpush(key, reply.to_json())
@@ -360,7 +363,6 @@ async def run_worker(config: Config, name: str | None = None) -> None:
         config,
         redis,
         engine,
-        registry,
         name=name or default_name(),
         key_prefix=config.redis.key_prefix,
     )

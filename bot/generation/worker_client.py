@@ -27,11 +27,18 @@ from bot.generation.backend import (
     ReloadOutcome,
     WorkerInfo,
 )
-from bot.generation.jobs import Chunk, Heartbeat, Job, JobKeys, ReloadReply
+from bot.generation.jobs import (
+    READ_BLOCK_MS,
+    Chunk,
+    Heartbeat,
+    Job,
+    JobKeys,
+    ReloadReply,
+    read_heartbeats,
+)
 from bot.generation.request import GenerationRequest, GenerationResult
 from bot.redis_connection import RedisConnection
 
-READ_BLOCK_MS = 500  # under the Redis client's 1 s command timeout
 RELOAD_TIMEOUT = 30.0  # seconds the workers get to load an adapter and answer
 JOBS_MAXLEN = 10_000  # a bound on the job stream, far above any real queue
 ALIVE_CHECK_INTERVAL = 1.0  # seconds a "some worker is alive" answer is reused
@@ -70,9 +77,8 @@ class WorkerBackend:
 
     async def workers(self) -> list[Heartbeat]:
         """Workers whose last heartbeat is recent enough, by name."""
-        raw = await self.client.hgetall(self.keys.workers)
         now = time.time()
-        beats = [Heartbeat.from_json(value) for value in raw.values()]
+        beats = (await read_heartbeats(self.client, self.keys)).values()
         live = [b for b in beats if now - b.at <= self.settings.heartbeat_timeout]
         self._alive_checked = (time.monotonic(), bool(live))
         return sorted(live, key=lambda b: b.name)
