@@ -15,7 +15,7 @@ import time
 from bot.characters import CharacterRegistry
 from bot.config import load_config
 from bot.engine import GenerationRequest, InferenceEngine, SamplingSettings
-from bot.engine.engine import MIN_SHARED_PREFIX, shared_prefix_length
+from bot.engine.rows import MIN_SHARED_PREFIX, shared_prefix_length
 from bot.history import Turn
 from bot.prompt import build_prompt
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import yaml
 from dotenv import load_dotenv
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config.yaml"
@@ -51,7 +51,23 @@ class GenerationConfig(_Section):
     temperature: float = Field(0.7, ge=0.0, le=5.0)  # 0 = greedy
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
+    # Persona guidance (classifier-free guidance on the card): each step's log-probabilities
+    # become bare + g * (card - bare), bare being the conversation without card and adapter.
+    # 1.0 = off; above 1 pushes replies away from what the bare model would say.
+    persona_guidance: float = Field(1.0, ge=1.0, le=5.0)
+    # Replies sampled per message; more than one: the guard-passing one most like the
+    # character (persona score) is posted. Needs temperature > 0.
+    candidates: int = Field(1, ge=1, le=16)
     seed: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _candidates_need_sampling(self) -> GenerationConfig:
+        if self.candidates > 1 and self.temperature == 0:
+            raise ValueError(
+                f"candidates is {self.candidates} but temperature is 0: greedy decoding gives the "
+                "same reply every time; set temperature above 0 (e.g. 0.7) or candidates: 1"
+            )
+        return self
 
 
 class BatchingConfig(_Section):
@@ -140,6 +156,24 @@ class Config(_Section):
     characters_dir: Path = Path("characters")
     default_character: str = Field("goku", min_length=1)
 
+    @model_validator(mode="after")
+    def _levers_the_backend_has(self) -> Config:
+        # Both levers need the model itself: guidance its logits at every step, candidates a
+        # scoring pass under card+adapter and the bare base. Built in this process only.
+        mode, generation = self.backend.mode, self.generation
+        if mode != "embedded" and generation.candidates > 1:
+            raise ValueError(
+                f"generation.candidates > 1 needs the persona score, which runs in embedded mode "
+                f"only (backend.mode is {mode!r}); set generation.candidates: 1 or use embedded"
+            )
+        if mode == "openai" and generation.persona_guidance != 1.0:
+            raise ValueError(
+                "generation.persona_guidance needs the model's logits at every step, which an "
+                "OpenAI-compatible server does not give; set persona_guidance: 1.0 or use the "
+                "embedded or worker mode"
+            )
+        return self
+
     def resolve(self, path: Path) -> Path:
         """Relative paths in the config are relative to the project root, not the CWD."""
         return path if path.is_absolute() else PROJECT_ROOT / path
@@ -185,6 +219,9 @@ def describe_validation_error(
     source = env_keys.get(key, source)
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'; {keys_hint}"
+    if first["type"] == "value_error":  # a check across keys: its message names them
+        where = f"{key}: " if key else ""
+        return f"{source}: {where}{first['msg'].removeprefix('Value error, ')}"
     value = first.get("input")
     secret = ("token", "url", "api_key")
     if isinstance(value, SecretStr) or key.endswith(secret):

@@ -201,7 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=PROJECT_ROOT / "docs" / "report", help="report folder"
     )
     evaluate.add_argument("--quick", action="store_true", help="few prompts: a smoke run")
-    evaluate.add_argument("--prompts", type=int, help="held-out prompts per character [8]")
+    evaluate.add_argument("--prompts", type=int, help="held-out prompts per character [24]")
     evaluate.add_argument(
         "--spc-dialogues",
         type=int,
@@ -330,7 +330,8 @@ def command_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from bot.characters import CharacterRegistry
-    from finetune.evaluate import EvalOptions, headline_table, run_eval
+    from finetune.eval_report import headline_table
+    from finetune.evaluate import EvalOptions, run_eval
 
     config = load_config()
     registry = CharacterRegistry.load(config.characters_path)

@@ -15,15 +15,15 @@ characters' training lines) thinks is speaking; the rule probes' pass rate; BLEU
 embedding similarity and distinct-n against the held-out replies; each character's held-out
 lines scored under every adapter (perplexity; the own adapter should fit best); and perplexity
 on Synthetic-Persona-Chat dialogues with and without each adapter (general damage guard).
+Attribution accuracy and rule-probe pass rates come with bootstrap intervals over the items;
+`finetune/eval_report.py` computes those and writes report.md, report.json and the charts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 import random
 import time
 from collections import defaultdict
@@ -45,6 +45,12 @@ from bot.training_data import DatasetFiles, TrainingRecord, read_records
 from finetune import metrics, persona_chat
 from finetune.attribution import train_attribution
 from finetune.errors import FinetuneError
+from finetune.eval_report import (
+    PERSONA_CHAT_SECTIONS,
+    PERSONA_SETUPS,
+    confidence_intervals,
+    write_report,
+)
 from finetune.examples import EncodedExample, encode_all
 from finetune.losses import evaluate as mean_target_loss
 from finetune.losses import example_losses
@@ -60,9 +66,6 @@ class EvalError(FinetuneError):
 
 
 SETUPS = ("base", "card_zero_shot", "card_few_shot", "card_retrieved", "card_adapter")
-# Synthetic-Persona-Chat: no persona, the persona as the card, and that with the adapter
-# trained on other dialogues (`python -m finetune train-persona-chat`).
-PERSONA_SETUPS = ("base", "persona", "persona_adapter")
 RETRIEVED_EXAMPLES = 4
 # A character's held-out lines are scored as its adapter was trained on them: encoded within the
 # recipe's default max_seq_len (1536), the length the character recipes train at.
@@ -74,9 +77,10 @@ PERSONA_CHAT_MAX_SEQ_LEN = 1024
 
 @dataclass(frozen=True)
 class EvalOptions:
-    # Running ~1000-token prompts dominates: these defaults take about 14 minutes on a 2-core
-    # CPU (the phases' seconds are in report.json).
-    prompts: int = 8  # held-out prompts per character
+    # Running ~1000-token prompts dominates: with 8 prompts per character these defaults took
+    # about 14 minutes on a 2-core CPU; with 24 the time is not measured yet, and is longer (the
+    # phases' seconds are in report.json).
+    prompts: int = 24  # held-out prompts per character
     probes: int = 10  # rule probes per character
     likelihood_lines: int = 20  # held-out lines scored under every adapter
     spc_dialogues: int = 20  # held-out Synthetic-Persona-Chat dialogues (guard and protocol)
@@ -258,8 +262,13 @@ def run_eval(
         "setups": list(SETUPS),
         "options": options.__dict__,
     }
-    report["attribution"] = attribution_section(encoder, ids, items, root, seed=options.seed)
-    report["probes"] = probe_pass_rates(ids, items)
+    report["attribution"], attribution_outcomes = attribution_section(
+        encoder, ids, items, root, seed=options.seed
+    )
+    rule_outcomes = probe_outcomes(ids, items)
+    report["probes"] = pass_rates(rule_outcomes)
+    outcomes = {"attribution": attribution_outcomes, "probes": rule_outcomes}
+    report["intervals"] = confidence_intervals(outcomes)
     report["reference"] = reference_metrics(ids, items, encoder)
     clock.lap("attribution and reference metrics")
 
@@ -274,17 +283,12 @@ def run_eval(
         clock.lap("synthetic-persona-chat")
     report["seconds"] = clock.seconds
     report["samples"] = sample_answers(items)
+    report["outcomes"] = outcomes  # per item: what the intervals resample
     write_report(report, out_dir)
     return report
 
 
 # -- the phases of run_eval --------------------------------------------------------------------
-
-# The sections on Synthetic-Persona-Chat dialogues, as the report names them.
-PERSONA_CHAT_SECTIONS = {
-    "damage_guard": "Damage guard (Synthetic-Persona-Chat perplexity under each adapter)",
-    "persona_chat": "Synthetic-Persona-Chat persona-injection protocol",
-}
 
 
 def check_inputs(characters: list[Character], root: Path, spc_path: Path | None) -> dict[str, str]:
@@ -348,8 +352,11 @@ def load_engine(config: Config, characters: list[Character]) -> InferenceEngine:
 
 def attribution_section(
     encoder: SentenceEncoder, ids: list[str], items: list[Item], root: Path, *, seed: int
-) -> dict[str, Any]:
-    """Who a classifier trained on the characters' training replies thinks said each answer."""
+) -> tuple[dict[str, Any], dict[str, dict[str, list[int]]]]:
+    """Who a classifier trained on the characters' training replies thinks said each answer:
+    per set-up, the accuracy (all and per character) and the confusion matrix; and the
+    outcomes they come from: per set-up and character, 1 where the classifier named the
+    character, else 0, per held-out answer in item order."""
     training_lines = {
         c: [r.reply for r in read_records(DatasetFiles.of(root, c).train)] for c in ids
     }
@@ -357,32 +364,43 @@ def attribution_section(
     held_out = [item for item in items if item.reference is not None]
     gold = [item.character for item in held_out]
     attribution: dict[str, Any] = {}
+    outcomes: dict[str, dict[str, list[int]]] = {}
     for setup in SETUPS:
         answers = [item.answers[setup] or "..." for item in held_out]
         predicted = classifier.predict(encoder.encode(answers))
+        right = [int(p == g) for p, g in zip(predicted, gold, strict=True)]
+        outcomes[setup] = {c: [r for r, g in zip(right, gold, strict=True) if g == c] for c in ids}
         attribution[setup] = {
-            "accuracy": metrics.accuracy(predicted, gold),
-            "per_character": {
-                c: metrics.accuracy(
-                    [p for p, g in zip(predicted, gold, strict=True) if g == c], [c] * gold.count(c)
-                )
-                for c in ids
-            },
+            "accuracy": _rate(right),
+            "per_character": {c: _rate(outcomes[setup][c]) for c in ids},
             "confusion": metrics.confusion_matrix(predicted, gold, ids),
         }
-    return attribution
+    return attribution, outcomes
 
 
-def probe_pass_rates(ids: list[str], items: list[Item]) -> dict[str, dict[str, float]]:
-    """Per set-up, each character's rule-probe pass rate (characters without probes left out)."""
-    probes: dict[str, dict[str, float]] = {setup: {} for setup in SETUPS}
+def _rate(outcomes: list[int]) -> float:
+    """The fraction of 1s; 0.0 for none (as `metrics.accuracy`)."""
+    return sum(outcomes) / len(outcomes) if outcomes else 0.0
+
+
+def probe_outcomes(ids: list[str], items: list[Item]) -> dict[str, dict[str, list[int]]]:
+    """Per set-up and character, 1 where the answer passed the rule probe, else 0, per probe in
+    item order (characters without probes left out)."""
+    outcomes: dict[str, dict[str, list[int]]] = {setup: {} for setup in SETUPS}
     for setup in SETUPS:
         for c in ids:
             mine = [item for item in items if item.character == c and item.probe is not None]
             if mine:
-                passed = sum(item.probe.passes(item.answers[setup]) for item in mine)
-                probes[setup][c] = passed / len(mine)
-    return probes
+                outcomes[setup][c] = [int(item.probe.passes(item.answers[setup])) for item in mine]
+    return outcomes
+
+
+def pass_rates(outcomes: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, float]]:
+    """Per set-up, each character's rule-probe pass rate, from `probe_outcomes`."""
+    return {
+        setup: {c: _rate(o) for c, o in by_character.items()}
+        for setup, by_character in outcomes.items()
+    }
 
 
 def reference_metrics(
@@ -578,180 +596,3 @@ def persona_protocol(
         for i, r in enumerate(records[:4])
     ]
     return result
-
-
-# -- the report --------------------------------------------------------------------------------
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(value: Any) -> str:
-        return f"{value:.2f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-# A figure with nothing to measure (no rule probes): not a 0 pass rate.
-NOT_MEASURED = "n/a"
-
-
-def headline_table(report: dict[str, Any]) -> str:
-    rows = []
-    for setup in report["setups"]:
-        probes = report["probes"][setup]
-        rows.append(
-            [
-                setup,
-                report["attribution"][setup]["accuracy"],
-                sum(probes.values()) / len(probes) if probes else NOT_MEASURED,
-                sum(r["rouge_l"] for r in report["reference"][setup].values())
-                / len(report["characters"]),
-                sum(r["similarity"] for r in report["reference"][setup].values())
-                / len(report["characters"]),
-            ]
-        )
-    table = _table(["set-up", "attribution acc.", "rule probes", "ROUGE-L", "MiniLM sim."], rows)
-    hits = report["likelihood"]["own_adapter_hits_at_1"]
-    return f"{table}\n\nOwn adapter fits its character's held-out lines best (hits@1): {hits:.2f}"
-
-
-def write_report(report: dict[str, Any], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ids = report["characters"]
-    charts(report, out_dir)
-    ppl = report["likelihood"]["perplexity"]
-    parts = [
-        "# Persona-fidelity report\n",
-        "Regenerate with `python -m finetune eval` (see the module docstring of "
-        "`finetune/evaluate.py` for the set-ups). Greedy decoding, seeded.\n",
-        "## Headline\n",
-        headline_table(report) + "\n",
-        "![attribution](attribution.png)\n",
-        "## Attribution accuracy per character\n",
-        _table(
-            ["set-up", *ids],
-            [
-                [s, *(report["attribution"][s]["per_character"][c] for c in ids)]
-                for s in report["setups"]
-            ],
-        )
-        + "\n",
-        "![confusion](confusion.png)\n",
-        "## Rule probes (pass rate)\n",
-        _table(
-            ["set-up", *ids],
-            [
-                [s, *(report["probes"][s].get(c, NOT_MEASURED) for c in ids)]
-                for s in report["setups"]
-            ],
-        )
-        + "\n",
-        "## Held-out lines: perplexity under each adapter (rows: whose lines)\n",
-        _table(
-            ["lines of", *ids, "base"],
-            [[c, *(ppl[c][a] for a in ids), ppl[c]["base"]] for c in ids],
-        )
-        + "\n",
-        "## Reference metrics (held-out replies)\n",
-        _table(
-            ["set-up", "character", "BLEU", "ROUGE-L", "MiniLM sim.", "distinct-1", "distinct-2"],
-            [[s, c, *report["reference"][s][c].values()] for s in report["setups"] for c in ids],
-        )
-        + "\n",
-    ]
-    if report.get("skipped"):
-        parts.append("## Skipped sections\n")
-        parts += [
-            f"- {PERSONA_CHAT_SECTIONS.get(section, section)}: skipped: {reason}"
-            for section, reason in report["skipped"].items()
-        ]
-        parts.append("")
-    if "damage_guard" in report:
-        guard = report["damage_guard"]
-        parts += [
-            "## Damage guard: Synthetic-Persona-Chat perplexity (persona as the card)\n",
-            "User 2's middle turn of held-out dialogues under each character's adapter: an "
-            "adapter that broke general dialogue would score worse than the base.\n",
-            _table(
-                ["adapter", "perplexity"], [[k, v] for k, v in guard.items() if k != "dialogues"]
-            )
-            + f"\n\n{guard['dialogues']} dialogues.\n",
-        ]
-    if "persona_chat" in report:
-        spc = report["persona_chat"]
-        setups = [s for s in PERSONA_SETUPS if s in spc]
-        parts += [
-            "## Synthetic-Persona-Chat: the persona-injection protocol\n",
-            f"User 2's middle turn of {spc['dialogues']} held-out dialogues, given up to 4 "
-            "turns of context: "
-            "`base` without a persona, `persona` with User 2's persona as the card, "
-            "`persona_adapter` with that and the adapter `python -m finetune train-persona-chat` "
-            "trained on other dialogues. hits@1: the real turn ranked first among "
-            f"{spc['candidates']} candidates (the others are User 2 turns of other held-out "
-            "dialogues) by mean loss per token.\n",
-            _table(
-                ["set-up", "BLEU", "ROUGE-L", "MiniLM sim.", "hits@1"],
-                [
-                    [s, *(spc[s][k] for k in ("bleu", "rouge_l", "similarity", "hits_at_1"))]
-                    for s in setups
-                ],
-            )
-            + "\n",
-        ]
-        for sample in spc["samples"]:
-            parts.append(f"User 1: {sample['context']}\n")
-            parts.append(f"- real: {sample['gold']}")
-            parts += [f"- {s}: {sample[s]}" for s in setups]
-            parts.append("")
-    parts.append("## Sample answers\n")
-    for sample in report["samples"]:
-        parts.append(f"**{sample['character']}** ← {sample['prompt']}\n")
-        for setup in report["setups"]:
-            parts.append(f"- {setup}: {sample.get(setup, '')}")
-        parts.append("")
-    _write(out_dir / "report.md", "\n".join(parts) + "\n")
-    _write(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def charts(report: dict[str, Any], out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ids, setups = report["characters"], report["setups"]
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
-    width = 0.8 / len(setups)
-    for i, setup in enumerate(setups):
-        values = [report["attribution"][setup]["per_character"][c] for c in ids]
-        ax.bar([x + i * width for x in range(len(ids))], values, width, label=setup)
-    ax.set_xticks([x + width * (len(setups) - 1) / 2 for x in range(len(ids))], ids)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("attribution accuracy")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "attribution.png")
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8), dpi=100)
-    for ax, setup in zip(axes, ("card_few_shot", "card_adapter"), strict=True):
-        matrix = report["attribution"][setup]["confusion"]
-        ax.imshow(matrix, cmap="Blues")
-        ax.set_xticks(range(len(ids)), ids, rotation=45)
-        ax.set_yticks(range(len(ids)), ids)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("speaker")
-        ax.set_title(setup)
-        for r, row in enumerate(matrix):
-            for c, value in enumerate(row):
-                ax.text(c, r, str(value), ha="center", va="center")
-    fig.tight_layout()
-    fig.savefig(out_dir / "confusion.png")
-    plt.close(fig)

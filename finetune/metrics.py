@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Hashable, Sequence
 
+import numpy as np
 import sacrebleu
 
 _WORD = re.compile(r"\w+(?:'\w+)*")  # keeps "don't" and "i'm" as one token
@@ -139,3 +140,49 @@ def confusion_matrix(
                 raise ValueError(f"confusion_matrix: label {label!r} not in labels")
         matrix[index[g]][index[p]] += 1
     return matrix
+
+
+def _percentile_interval(
+    values: np.ndarray, resamples: int, seed: int, level: float
+) -> tuple[float, float]:
+    """The central `level` range of the means of `resamples` resamples (with replacement) of
+    `values`; (nan, nan) for no values."""
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap: level must be between 0 and 1, got {level}")
+    if resamples < 1:
+        raise ValueError(f"bootstrap: resamples must be >= 1, got {resamples}")
+    if values.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_interval(
+    outcomes: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the mean of `outcomes` (e.g. 1/0 per item).
+
+    Items are resampled with replacement `resamples` times by a numpy Generator seeded with
+    `seed`, so the same input gives the same interval. (nan, nan) for no outcomes.
+    """
+    return _percentile_interval(np.asarray(outcomes, dtype=float), resamples, seed, level)
+
+
+def bootstrap_difference(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Paired percentile-bootstrap interval of mean(b) - mean(a), for two set-ups measured on the
+    same items (`a[i]` and `b[i]` are item i's outcomes): each resample draws item indices once
+    and applies them to both. (nan, nan) for no items.
+    """
+    _check_pairs(a, b, "bootstrap_difference")
+    differences = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    return _percentile_interval(differences, resamples, seed, level)

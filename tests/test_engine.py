@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bot.engine import AdapterError, GenerationRequest, InferenceEngine, SamplingSettings
-from bot.engine.engine import shared_prefix_length
+from bot.engine.rows import shared_prefix_length
 from tests.helpers import make_config
 
 GREEDY = SamplingSettings(max_new_tokens=12, temperature=0, top_p=1.0, repetition_penalty=1.0)

@@ -12,7 +12,8 @@ from bot.engine import loading
 from finetune import evaluate
 from finetune.attribution import train_attribution
 from finetune.errors import FinetuneError
-from finetune.evaluate import SETUPS, EvalError, EvalOptions, headline_table, run_eval, write_report
+from finetune.eval_report import confidence_intervals, headline_table, write_report
+from finetune.evaluate import SETUPS, EvalError, EvalOptions, pass_rates, run_eval
 from tests.helpers import make_character, make_config
 
 
@@ -85,21 +86,22 @@ def test_attribution_of_one_character_is_a_clear_error():
 # -- b. no rule probes: n/a, not 0.00 -------------------------------------------------------------
 
 
-def small_report(**overrides) -> dict:
-    """A report as run_eval returns it, for two characters and no Synthetic-Persona-Chat."""
+def small_report(setups=SETUPS, **overrides) -> dict:
+    """A report as run_eval returns it, for two characters and no Synthetic-Persona-Chat
+    (without the intervals and their outcomes)."""
     ids = ["goku", "vegeta"]
     report = {
         "characters": ids,
-        "setups": list(SETUPS),
+        "setups": list(setups),
         "attribution": {
             s: {
                 "accuracy": 0.5,
                 "per_character": dict.fromkeys(ids, 0.5),
                 "confusion": [[1, 0], [1, 0]],
             }
-            for s in SETUPS
+            for s in setups
         },
-        "probes": {s: {} for s in SETUPS},
+        "probes": {s: {} for s in setups},
         "reference": {
             s: {
                 c: {
@@ -111,7 +113,7 @@ def small_report(**overrides) -> dict:
                 }
                 for c in ids
             }
-            for s in SETUPS
+            for s in setups
         },
         "likelihood": {
             "perplexity": {c: {"goku": 9.0, "vegeta": 9.5, "base": 11.0} for c in ids},
@@ -133,6 +135,48 @@ def test_rule_probe_table_says_n_a_for_a_character_without_probes(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "| card_adapter | 1.00 | n/a |" in markdown
     assert "| card_adapter | 0.50 | 1.00 |" in markdown  # the headline: goku's probes only
+
+
+# -- intervals: bootstrap over items, in the headline and the per-character tables -------------
+
+
+def test_the_report_shows_bootstrap_intervals_and_the_difference_from_card_with_examples(
+    tmp_path,
+):
+    # A set-up appended after the current ones is reported like them.
+    setups = [*SETUPS, "levers_all"]
+    attribution = {s: {"goku": [1, 0, 1, 0], "vegeta": [0, 1, 0, 1]} for s in setups}
+    attribution["levers_all"] = {"goku": [1, 1, 1, 0], "vegeta": [1, 1, 1, 1]}
+    probes = {s: {"goku": [1, 0]} for s in setups}
+    report = small_report(setups, probes=pass_rates(probes))
+    report["attribution"]["levers_all"] |= {
+        "accuracy": 7 / 8,
+        "per_character": {"goku": 0.75, "vegeta": 1.0},
+    }
+    report["intervals"] = confidence_intervals({"attribution": attribution, "probes": probes})
+
+    vs = report["intervals"]["attribution_vs_reference"]
+    assert vs["reference"] == "card_few_shot" and "card_few_shot" not in vs["by_setup"]
+    assert vs["by_setup"]["levers_all"]["difference"] == pytest.approx(3 / 8)
+    assert vs["by_setup"]["card_adapter"] == {"difference": 0.0, "interval": [0.0, 0.0]}
+    assert report["intervals"]["probes"]["base"]["per_character"] == {"goku": [0.0, 1.0]}
+    low, high = report["intervals"]["attribution"]["levers_all"]["all"]
+    assert low < 7 / 8 < high == 1.0
+
+    lines = headline_table(report).splitlines()
+    assert lines[0] == (
+        "| set-up | attribution acc. | vs card_few_shot | rule probes | ROUGE-L | MiniLM sim. |"
+    )
+    assert "| card_few_shot | 0.50 [0.12, 0.88] | (reference) | 0.50 [0.00, 1.00] |" in lines[4]
+    assert "| card_adapter | 0.50 [0.12, 0.88] | +0.00 [+0.00, +0.00] |" in lines[6]
+    assert lines[7].startswith(f"| levers_all | 0.88 [{low:.2f}, 1.00] | +0.38 [+0.")
+    assert any("bootstrap" in line and "2000 resamples, seed 0" in line for line in lines)
+
+    write_report(report, tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| levers_all | 0.75 [.25, 1.00] | 1.00 [1.00, 1.00] |" in markdown  # attribution
+    assert "| levers_all | 0.50 [.00, 1.00] | n/a |" in markdown  # rule probes: vegeta has none
+    assert json.loads((tmp_path / "report.json").read_text())["intervals"] == report["intervals"]
 
 
 # -- c. skipped Synthetic-Persona-Chat sections are reported -------------------------------------

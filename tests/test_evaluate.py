@@ -67,10 +67,24 @@ def test_report_is_written_with_every_section(tmp_path, config, engine):
 
     ids = ["remy", "tess"]
     assert report["characters"] == ids
+    outcomes, intervals = report["outcomes"], report["intervals"]
     for setup in report["setups"]:
         assert 0 <= report["attribution"][setup]["accuracy"] <= 1
         assert sum(map(sum, report["attribution"][setup]["confusion"])) == 2
         assert set(report["probes"][setup]) == set(ids)
+        # The figures are the means of the per-item outcomes the intervals resample.
+        right = outcomes["attribution"][setup]
+        assert {c: len(right[c]) for c in ids} == {"remy": 1, "tess": 1}
+        assert report["attribution"][setup]["accuracy"] == sum(right["remy"] + right["tess"]) / 2
+        for c in ids:
+            assert report["probes"][setup][c] == outcomes["probes"][setup][c][0]
+            low, high = intervals["probes"][setup]["per_character"][c]
+            assert low == high == report["probes"][setup][c]  # one probe: nothing to resample
+        low, high = intervals["attribution"][setup]["all"]
+        assert low <= report["attribution"][setup]["accuracy"] <= high
+    assert set(intervals["attribution_vs_reference"]["by_setup"]) == set(report["setups"]) - {
+        "card_few_shot"
+    }
     assert set(report["likelihood"]["perplexity"]["tess"]) == {"remy", "tess", "base"}
     assert report["likelihood"]["own_adapter_hits_at_1"] in (0.0, 0.5, 1.0)
     assert set(report["damage_guard"]) == {"base", "remy", "tess", "dialogues"}
@@ -85,6 +99,12 @@ def test_report_is_written_with_every_section(tmp_path, config, engine):
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "persona-injection protocol" in markdown and "| persona_adapter |" in markdown
     assert "## Headline" in markdown and "| card_adapter |" in markdown
+    assert "| vs card_few_shot |" in markdown
+    reference = next(line for line in markdown.splitlines() if line.startswith("| card_few_shot |"))
+    assert "| (reference) |" in reference
+    headline = next(line for line in markdown.splitlines() if line.startswith("| card_adapter |"))
+    accuracy = report["attribution"]["card_adapter"]["accuracy"]
+    assert headline.startswith(f"| card_adapter | {accuracy:.2f} [")
     assert "skipped" not in report and "Skipped sections" not in markdown
     for chart in ("attribution.png", "confusion.png"):
         assert (tmp_path / "report" / chart).stat().st_size > 1000

@@ -13,6 +13,8 @@ from finetune.attribution import AttributionClassifier, train_attribution
 from finetune.metrics import (
     accuracy,
     bleu,
+    bootstrap_difference,
+    bootstrap_interval,
     confusion_matrix,
     distinct_n,
     hits_at_1,
@@ -94,6 +96,60 @@ def test_accuracy_and_confusion_matrix():
     ]
     with pytest.raises(ValueError):
         confusion_matrix(["eren"], ["goku"], labels)
+
+
+# -- bootstrap intervals ------------------------------------------------------------------------
+
+
+def test_bootstrap_interval_of_constant_outcomes_is_the_constant():
+    assert bootstrap_interval([1] * 30) == (1.0, 1.0)
+    assert bootstrap_interval([0.0] * 5) == (0.0, 0.0)
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_items():
+    many = bootstrap_interval([0, 1] * 100)
+    few = bootstrap_interval([0, 1] * 10)
+    assert many[0] < 0.5 < many[1]
+    assert few[0] < 0.5 < few[1]
+    assert many[1] - many[0] < few[1] - few[0]
+    # About 2 standard errors either side: sqrt(0.25 / 200) = 0.035.
+    assert 0.1 < many[1] - many[0] < 0.18
+
+
+def test_bootstrap_interval_is_seeded_and_checks_its_arguments():
+    outcomes = [1, 0, 0, 1, 1, 1, 0, 1, 0, 1, 1]
+    assert bootstrap_interval(outcomes, seed=3) == bootstrap_interval(outcomes, seed=3)
+    scores = [i / 37 for i in range(37)]  # many distinct means: another seed shows
+    assert bootstrap_interval(scores, seed=3) != bootstrap_interval(scores, seed=4)
+    narrow = bootstrap_interval(outcomes, level=0.5)
+    wide = bootstrap_interval(outcomes, level=0.99)
+    assert wide[0] <= narrow[0] <= narrow[1] <= wide[1]
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_interval(outcomes, level=95)
+    with pytest.raises(ValueError, match="resamples"):
+        bootstrap_interval(outcomes, resamples=0)
+
+
+def test_bootstrap_interval_of_nothing_is_nan():
+    low, high = bootstrap_interval([])
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_bootstrap_difference_is_paired():
+    a = [1, 0, 1, 1, 0, 0, 1, 0] * 5
+    assert bootstrap_difference(a, a) == (0.0, 0.0)
+    better = [1] * len(a)  # b right wherever a is, and on a's misses too
+    low, high = bootstrap_difference(a, better)
+    assert 0 < low <= 0.5 <= high
+    low, high = bootstrap_difference(better, a)  # b minus a: the sign follows
+    assert high < 0
+    # Paired: b one item better everywhere moves the whole interval by exactly that, where
+    # unpaired resampling of two noisy lists would straddle 0.
+    shifted = bootstrap_difference([0.0, 0.5, 1.0] * 10, [0.1, 0.6, 1.1] * 10)
+    assert shifted == pytest.approx((0.1, 0.1))
+    with pytest.raises(ValueError, match="pair up"):
+        bootstrap_difference([1, 0], [1])
+    assert all(math.isnan(x) for x in bootstrap_difference([], []))
 
 
 # -- embeddings and attribution -----------------------------------------------------------------

@@ -27,27 +27,25 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND, load_peft_weights
 
 from bot.config import Config
+from bot.engine.guidance import guided_generate
+from bot.engine.rows import (
+    MIN_SHARED_PREFIX,
+    batch_inputs,
+    plan_prefix,
+)
+from bot.engine.scoring import continuation_logprobs
 from bot.generation.request import (
     GenerationRequest,
     GenerationResult,
     SamplingSettings,
+    ScoreRequest,
     TextCallback,
+    TextScore,
 )
 
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
-MIN_SHARED_PREFIX = 32
-
-
-def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least one token of its own (the model
-    must be fed something to predict the first new token)."""
-    limit = min(len(r) for r in rows) - 1
-    length = 0
-    while length < limit and all(r[length] == rows[0][length] for r in rows):
-        length += 1
-    return length
 
 
 class AdapterError(Exception):
@@ -405,64 +403,94 @@ class InferenceEngine:
         seed = self.seed if seed is None else seed
         if seed is not None:
             torch.manual_seed(seed)
-        rows = [
-            self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]  # template added them
-            for r in requests
-        ]
+        rows = [self._tokens(r.prompt) for r in requests]
         adapter_names = [self.adapter_name(r.adapter) for r in requests]
+        names = adapter_names if isinstance(self.model, PeftModel) else None  # peft's per-row
+        streamer = None
+        if any(r.on_text for r in requests):
+            streamer = _RowStreamer(self.tokenizer, [r.on_text for r in requests])
+        if settings.persona_guidance != 1.0:
+            return self._generate_guided(requests, rows, names, settings, streamer)
         kwargs: dict[str, Any] = {
             "max_new_tokens": settings.max_new_tokens,
             "repetition_penalty": settings.repetition_penalty,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
+            "streamer": streamer,
         }
         if settings.temperature > 0:
             kwargs |= {"do_sample": True, "temperature": settings.temperature}
             kwargs["top_p"] = settings.top_p
         else:
             kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if isinstance(self.model, PeftModel):
-            kwargs["adapter_names"] = adapter_names
-        if any(r.on_text for r in requests):
-            kwargs["streamer"] = _RowStreamer(self.tokenizer, [r.on_text for r in requests])
-        shared = shared_prefix_length(rows) if len(set(adapter_names)) == 1 else 0
-        if len(rows) > 1 and shared >= self.min_shared_prefix:
-            inputs = self._with_shared_prefix(rows, shared, kwargs.get("adapter_names"))
-        else:
-            inputs = self._left_padded(rows)
+        if names is not None:
+            kwargs["adapter_names"] = names
+        # These batches share a prefix only when every row has the same adapter.
+        plan = plan_prefix(rows, adapter_names, self.min_shared_prefix)
+        if plan is not None and len(plan.rows) < len(rows):
+            plan = None
+        pad = self.tokenizer.pad_token_id
+        inputs = batch_inputs(
+            self.model, rows, pad_id=pad, device=self.device, plan=plan, adapter_names=names
+        )
         output = self.model.generate(**inputs, **kwargs)
         return [self._result(row, settings) for row in output[:, inputs["input_ids"].shape[1] :]]
 
-    def _left_padded(self, rows: list[list[int]]) -> dict[str, Any]:
-        width = max(map(len, rows))
-        pad = self.tokenizer.pad_token_id
-        ids = [[pad] * (width - len(r)) + r for r in rows]
-        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
-        return {
-            "input_ids": torch.tensor(ids, device=self.device),
-            "attention_mask": torch.tensor(mask, device=self.device),
-        }
+    def _generate_guided(
+        self,
+        requests: Sequence[GenerationRequest],
+        rows: list[list[int]],
+        names: list[str] | None,
+        settings: SamplingSettings,
+        streamer: _RowStreamer | None,
+    ) -> list[GenerationResult]:
+        missing = [i for i, r in enumerate(requests) if r.bare_prompt is None]
+        if missing:
+            raise ValueError(
+                f"persona_guidance {settings.persona_guidance} needs every request's bare_prompt "
+                f"(the conversation without the card); request {missing[0]} has none"
+            )
+        bare = [self._tokens(r.bare_prompt or "") for r in requests]
+        if streamer is not None:
+            streamer.put(None)  # the prompt, which it skips
+        new = guided_generate(
+            self.model,
+            rows,
+            bare,
+            settings=settings,
+            adapter_names=names,
+            base_name=BASE_ADAPTER,
+            stop_ids={self.tokenizer.eos_token_id, self.tokenizer.pad_token_id},
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+            min_shared_prefix=self.min_shared_prefix,
+            on_tokens=streamer.put if streamer is not None else None,
+        )
+        return [self._result(row, settings) for row in new]
 
-    def _with_shared_prefix(
-        self, rows: list[list[int]], shared: int, adapter_names: list[str] | None
-    ) -> dict[str, Any]:
-        """Run the rows' common first `shared` tokens once and start every row from that cache.
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]  # template added them
 
-        Each row is laid out as prefix, padding, rest: the attention mask hides the padding and
-        positions come from the mask, so every row sees exactly its own prompt.
-        """
-        prefix = torch.tensor([rows[0][:shared]], device=self.device)
-        extra = {"adapter_names": adapter_names[:1]} if adapter_names else {}
-        cache = self.model(input_ids=prefix, use_cache=True, **extra).past_key_values
-        n = len(rows)
-        cache.batch_repeat_interleave(n)
-        padded = self._left_padded([r[shared:] for r in rows])
-        ones = torch.ones(n, shared, dtype=torch.long, device=self.device)
-        return {
-            "input_ids": torch.cat([prefix.expand(n, -1), padded["input_ids"]], 1),
-            "attention_mask": torch.cat([ones, padded["attention_mask"]], 1),
-            "past_key_values": cache,
-        }
+    @torch.inference_mode()
+    def score(self, requests: Sequence[ScoreRequest]) -> list[TextScore]:
+        """Each continuation's log-likelihood after its prompt under its adapter (None: the
+        bare base), all in one batched forward pass."""
+        if not requests:
+            return []
+        self._check_not_scoring("score")
+        prompts = [self._tokens(r.prompt) for r in requests]
+        continuations = [self._tokens(r.continuation) for r in requests]
+        names = [self.adapter_name(r.adapter) for r in requests]
+        sums = continuation_logprobs(
+            self.model,
+            prompts,
+            continuations,
+            adapter_names=names if isinstance(self.model, PeftModel) else None,
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+            min_shared_prefix=self.min_shared_prefix,
+        )
+        return [TextScore(total, len(c)) for total, c in zip(sums, continuations, strict=True)]
 
     def _result(self, row: torch.Tensor, settings: SamplingSettings) -> GenerationResult:
         ids = row.tolist()

@@ -17,7 +17,9 @@ from bot.generation.request import (
     GenerationRequest,
     GenerationResult,
     SamplingSettings,
+    ScoreRequest,
     TextCallback,
+    TextScore,
 )
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "GenerationResult",
     "ReloadOutcome",
     "SamplingSettings",
+    "ScoreRequest",
     "TextCallback",
+    "TextScore",
     "WorkerInfo",
 ]

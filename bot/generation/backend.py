@@ -14,12 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bot.generation.request import GenerationRequest, GenerationResult
+from bot.generation.request import GenerationRequest, GenerationResult, ScoreRequest, TextScore
 
 
 class BackendUnavailable(Exception):
     """Generation cannot happen now (no worker, server down, timed out); the message is meant
     for the user: it says what is wrong, in words a server member understands."""
+
+
+def scoring_unavailable(mode: str) -> NotImplementedError:
+    """What a backend without the model in this process raises from `score`."""
+    return NotImplementedError(
+        f"persona scoring (generation.candidates > 1) runs in embedded mode only, not {mode}: "
+        "it needs the model's log-likelihoods under the card and the bare base in one pass"
+    )
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,12 @@ class GenerationBackend(Protocol):
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """The reply to one request; BackendUnavailable when it cannot be had now."""
+        ...
+
+    async def score(self, requests: list[ScoreRequest]) -> list[TextScore]:
+        """Each continuation's log-likelihood after its prompt, in one batched pass (the persona
+        score of candidates). Only backends that run the model here have it: the config refuses
+        `generation.candidates > 1` elsewhere."""
         ...
 
     async def reload_adapter(self, character_id: str) -> list[ReloadOutcome]:

@@ -65,6 +65,7 @@ class Job:
     settings: SamplingSettings
     adapter: str | None
     expires_at: float  # time.time() after which no worker may start it (the user was told)
+    bare_prompt: str | None = None  # for persona guidance
 
     @classmethod
     def for_request(cls, request: GenerationRequest, timeout: float) -> Job:
@@ -74,10 +75,13 @@ class Job:
             request.settings,
             request.adapter,
             time.time() + timeout,
+            request.bare_prompt,
         )
 
     def request(self, on_text: TextCallback | None = None) -> GenerationRequest:
-        return GenerationRequest(self.prompt, self.settings, self.adapter, on_text)
+        return GenerationRequest(
+            self.prompt, self.settings, self.adapter, on_text, bare_prompt=self.bare_prompt
+        )
 
     def fields(self) -> dict[str, str]:
         return {"job": json.dumps(asdict(self), ensure_ascii=False)}
@@ -91,6 +95,7 @@ class Job:
             settings=SamplingSettings(**data["settings"]),
             adapter=data["adapter"],
             expires_at=float(data["expires_at"]),
+            bare_prompt=data.get("bare_prompt"),
         )
 
 

@@ -36,8 +36,18 @@ from openai import (
 
 from bot.characters import CHARACTER_FILE
 from bot.config import Config
-from bot.generation.backend import BackendStatus, BackendUnavailable, ReloadOutcome
-from bot.generation.request import GenerationRequest, GenerationResult
+from bot.generation.backend import (
+    BackendStatus,
+    BackendUnavailable,
+    ReloadOutcome,
+    scoring_unavailable,
+)
+from bot.generation.request import (
+    GenerationRequest,
+    GenerationResult,
+    ScoreRequest,
+    TextScore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +186,9 @@ class OpenAIBackend:
         return sorted(ids)
 
     # -- generation -----------------------------------------------------------------------
+
+    async def score(self, requests: list[ScoreRequest]) -> list[TextScore]:
+        raise scoring_unavailable(self.mode)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         model = self.model_for(request.adapter)

@@ -18,10 +18,11 @@ class SamplingSettings:
     temperature: float  # 0 = greedy
     top_p: float
     repetition_penalty: float
+    persona_guidance: float = 1.0  # 1.0 = off; otherwise every request needs its bare_prompt
 
     @classmethod
     def from_config(cls, config: GenerationConfig, **overrides: Any) -> SamplingSettings:
-        values = config.model_dump(exclude={"seed"}) | overrides
+        values = config.model_dump(exclude={"seed", "candidates"}) | overrides
         return cls(**values)
 
 
@@ -36,6 +37,27 @@ class GenerationRequest:
     settings: SamplingSettings
     adapter: str | None = None  # character id, or None for the bare base model
     on_text: TextCallback | None = None
+    # The same conversation without the card, for persona guidance (run without any adapter).
+    bare_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """How likely `continuation` is right after `prompt` under `adapter` (None: the base)."""
+
+    prompt: str
+    continuation: str
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class TextScore:
+    logprob: float  # summed over the continuation's tokens
+    tokens: int
+
+    @property
+    def mean(self) -> float:
+        return self.logprob / max(self.tokens, 1)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from bot.generation.backend import (
     BackendUnavailable,
     ReloadOutcome,
     WorkerInfo,
+    scoring_unavailable,
 )
 from bot.generation.jobs import (
     READ_BLOCK_MS,
@@ -36,7 +37,12 @@ from bot.generation.jobs import (
     ReloadReply,
     read_heartbeats,
 )
-from bot.generation.request import GenerationRequest, GenerationResult
+from bot.generation.request import (
+    GenerationRequest,
+    GenerationResult,
+    ScoreRequest,
+    TextScore,
+)
 from bot.redis_connection import RedisConnection
 
 RELOAD_TIMEOUT = 30.0  # seconds the workers get to load an adapter and answer
@@ -89,6 +95,9 @@ class WorkerBackend:
         if time.monotonic() - checked_at > ALIVE_CHECK_INTERVAL:
             alive = bool(await self.workers())
         return alive
+
+    async def score(self, requests: list[ScoreRequest]) -> list[TextScore]:
+        raise scoring_unavailable(self.mode)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         if not await self._any_worker():
