@@ -93,6 +93,7 @@ class Prompt:
     examples_used: int  # example dialogues kept
     history_used: int  # history turns kept
     user_truncated: bool  # the new message was cut to fit the budget
+    conversation_start: int = 0  # messages[conversation_start:] are history and the message
 
 
 def system_message(character: Character) -> str:
@@ -282,6 +283,7 @@ def build_prompt(
         text=text,
         token_count=total,
         examples_used=len(kept_examples),
+        conversation_start=1 + len(examples),
         history_used=len(kept_history),
         user_truncated=user_truncated,
     )

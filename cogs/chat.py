@@ -171,7 +171,8 @@ class Chat(ServicesCog):
         speaker = self.bot.speaker
         channel = message.channel
         live = None
-        if self.bot.config.discord.streaming:
+        # Several candidates: the winner is known only at the end, so typing, then the reply.
+        if self.bot.config.discord.streaming and services.chat.streams:
             live = LiveReply(
                 speaker,
                 channel,

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.characters import Character
-from bot.chat import clean_character_reply
 from bot.config import Config
 from bot.engine import GenerationRequest, InferenceEngine, SamplingSettings
 from bot.history import Turn
 from bot.prompt import build_prompt
+from bot.responder import clean_character_reply
 
 
 @dataclass(frozen=True)

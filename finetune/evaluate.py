@@ -34,13 +34,13 @@ from typing import Any
 from tqdm import tqdm
 
 from bot.characters import Character
-from bot.chat import clean_character_reply
 from bot.config import Config
 from bot.embeddings import SentenceEncoder, load_encoder
 from bot.engine import GenerationRequest, GenerationResult, InferenceEngine, SamplingSettings
 from bot.example_retrieval import ExampleRetriever
 from bot.history import Turn
 from bot.prompt import build_prompt
+from bot.responder import clean_character_reply
 from bot.training_data import DatasetFiles, TrainingRecord, read_records
 from finetune import metrics, persona_chat
 from finetune.attribution import train_attribution

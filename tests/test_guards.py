@@ -101,7 +101,7 @@ def test_the_shipped_cards_examples_pass_their_guards():
 
 
 def test_the_fallback_is_the_closest_example_answer_or_a_fallback_line():
-    from bot.chat import guarded_fallback
+    from bot.responder import guarded_fallback
 
     goku = CAST.get("goku")
     zeno = violations(goku, "What do you think of Zeno?", "I love Zeno!")

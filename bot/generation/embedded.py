@@ -9,7 +9,7 @@ from typing import Any
 from bot.characters import CharacterRegistry, adapter_dir
 from bot.engine import AdapterError, Batcher, InferenceEngine
 from bot.generation.backend import BackendStatus, ReloadOutcome
-from bot.generation.request import GenerationRequest, GenerationResult
+from bot.generation.request import GenerationRequest, GenerationResult, ScoreRequest, TextScore
 
 HERE = "this process"
 log = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ class EmbeddedBackend:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         return await self.batcher.submit(request)
+
+    async def score(self, requests: list[ScoreRequest]) -> list[TextScore]:
+        # On the engine thread, between batches, like everything that runs the model.
+        return await self.batcher.run(self.engine.score, requests)
 
     async def reload_adapter(self, character_id: str) -> list[ReloadOutcome]:
         ok, detail = await reload_into(self.engine, self.batcher, self.characters_dir, character_id)

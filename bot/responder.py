@@ -1,0 +1,286 @@
+"""Writing one reply: sample it (several candidates, persona guidance), clean it, check it
+against the card's rule guards, and pick the candidate most like the character.
+
+Knows nothing of Discord or of memory: the chat service builds the prompt from the channel's
+history and remembers what was posted; the evaluation calls this with held-out conversations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bot.characters import Character
+from bot.config import GenerationConfig
+from bot.generation import (
+    GenerationBackend,
+    GenerationRequest,
+    GenerationResult,
+    SamplingSettings,
+    ScoreRequest,
+    TextCallback,
+)
+from bot.guards import Violation, breaks_never_guard, violations
+from bot.history import Turn
+from bot.persona_score import persona_score
+from bot.postprocess import clean_reply
+from bot.prompt import Prompt, render
+
+log = logging.getLogger(__name__)
+
+GUARD_ATTEMPTS = 2  # the reply, and one resample when it breaks a guard; then the fallback
+RESAMPLE_TEMPERATURE = 0.9
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled reply, cleaned, with the guards it breaks and (when several were sampled
+    and it passed) its persona score."""
+
+    text: str
+    result: GenerationResult
+    broken: tuple[Violation, ...] = ()
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A generated answer, not yet remembered: the caller posts it, then `ChatService.remember`s
+    what was actually shown."""
+
+    character: Character
+    text: str
+    prompt: Prompt
+    result: GenerationResult
+    message: Turn  # the user's turn it answers, as stored (template tokens neutralized)
+    # Guards the model's replies broke, in order (empty: the first reply passed), and what was
+    # done: "" (nothing to do), "resampled" (the second sample passed) or "fallback".
+    broken: tuple[Violation, ...] = ()
+    guard_action: str = ""
+    # Every sample of the last attempt, with its violations and persona score (more than one
+    # when generation.candidates > 1); the reply is one of them unless guard_action is fallback.
+    candidates: tuple[Candidate, ...] = ()
+
+    def answer_turn(self, text: str | None = None) -> Turn:
+        return Turn(
+            role="character",
+            author=self.character.name,
+            content=self.text if text is None else text,
+            character_id=self.character.id,
+        )
+
+
+def clean_character_reply(
+    character: Character,
+    text: str,
+    *,
+    cast: Iterable[Character],
+    authors: Iterable[str],
+    hit_token_limit: bool = False,
+    fallback: str = "",
+) -> str:
+    """`clean_reply` for `character`: the other characters of `cast` and the `authors` are the
+    speakers whose turns the model must not write."""
+    others = {c.name for c in cast if c.id != character.id} | set(authors)
+    return clean_reply(
+        text,
+        speaker_names=character.names,
+        other_speakers=sorted(others - set(character.names)),
+        hit_token_limit=hit_token_limit,
+        fallback=fallback,
+    )
+
+
+def guarded_fallback(
+    character: Character, message: str, broken: list[Violation], *, seed: int = 0
+) -> str:
+    """What a character says when every sample broke a guard: the broken rule's example answer
+    whose question is closest to the message, else one of the card's fallback lines."""
+    examples = [
+        example
+        for violation in broken
+        if violation.rule_index is not None
+        for example in character.rules[violation.rule_index].examples
+    ]
+    words = _content_words(message)
+    scored = [(len(words & _content_words(e.user)), e) for e in examples]
+    best = max(scored, key=lambda pair: pair[0], default=(0, None))
+    # An example about something else would answer the wrong question: a fallback line is
+    # vaguer, but never off topic.
+    return best[1].character if best[1] is not None and best[0] > 0 else character.fallback(seed)
+
+
+def _content_words(text: str) -> set[str]:
+    """Words of four letters or more: enough to tell what a question is about."""
+    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if len(w) >= 4}
+
+
+def bare_prompt(prompt: Prompt, tokenizer: Any) -> str:
+    """The prompt's conversation without the card: no system message, no example dialogues
+    (the other side of persona guidance and of the persona score)."""
+    return render(tokenizer, prompt.messages[prompt.conversation_start :])
+
+
+class Responder:
+    """Turns a prompt into the reply a character posts: samples `generation.candidates`
+    replies as rows of one batch (with persona guidance when set), cleans them, drops those
+    that break a guard and picks the highest persona score; when all break a guard it samples
+    once more, then falls back to the rule's example answer or a fallback line."""
+
+    def __init__(
+        self,
+        *,
+        generation: GenerationConfig,
+        cast: Iterable[Character],
+        backend: GenerationBackend,
+        guards: bool = True,
+    ) -> None:
+        self.cast = cast  # every character: the speakers a reply must not write for
+        self.backend = backend
+        self.tokenizer = backend.tokenizer
+        self.candidates = generation.candidates
+        self.guards = guards
+        self.settings = SamplingSettings.from_config(generation)
+
+    @property
+    def streams(self) -> bool:
+        """Whether replies can be shown while generated (one candidate: it is the reply)."""
+        return self.candidates == 1
+
+    async def respond(
+        self,
+        character: Character,
+        prompt: Prompt,
+        message: Turn,
+        history: Sequence[Turn],
+        on_text: TextCallback | None = None,
+    ) -> Reply:
+        """`character`'s reply to `message` (already in `prompt`); `on_text` gets the raw text so
+        far while it is generated, when only one candidate is sampled (it may start over)."""
+        authors = [message.author, *(t.author for t in history)]
+        settings = self.settings
+        levers = settings.persona_guidance != 1.0 or self.candidates > 1
+        bare = bare_prompt(prompt, self.tokenizer) if levers else None
+        broken: list[Violation] = []
+        candidates: list[Candidate] = []
+        for attempt in range(GUARD_ATTEMPTS):
+            stream = on_text if attempt == 0 and self.streams else None
+            request = GenerationRequest(
+                prompt.text, settings, character.id, stream, bare_prompt=bare
+            )
+            # One request per candidate, sent together: the batcher runs them as rows of one
+            # batch, and the engine runs the prompt they share once.
+            results = await asyncio.gather(
+                *(self.backend.generate(request) for _ in range(self.candidates))
+            )
+            candidates = [
+                self._candidate(character, message, result, authors, len(history))
+                for result in results
+            ]
+            passing = [i for i, c in enumerate(candidates) if not c.broken]
+            if passing:
+                if len(passing) > 1:
+                    scored = await self._scored(
+                        character, prompt, bare, message, history, [candidates[i] for i in passing]
+                    )
+                    for i, candidate in zip(passing, scored, strict=True):
+                        candidates[i] = candidate
+                # The first of the best: with one candidate, it is the reply.
+                chosen = max((candidates[i] for i in passing), key=lambda c: c.score or 0.0)
+                return Reply(
+                    character,
+                    chosen.text,
+                    prompt,
+                    chosen.result,
+                    message,
+                    tuple(broken),
+                    "resampled" if broken else "",
+                    tuple(candidates),
+                )
+            broken += [v for c in candidates for v in c.broken]
+            # Greedy decoding would say the same again: the second try samples.
+            settings = replace(
+                settings, temperature=max(settings.temperature, RESAMPLE_TEMPERATURE)
+            )
+        text = guarded_fallback(character, message.content, broken, seed=len(history))
+        log.info("%s's replies broke %s; answered with %r", character.id, broken, text)
+        last = candidates[0].result
+        return Reply(
+            character, text, prompt, last, message, tuple(broken), "fallback", tuple(candidates)
+        )
+
+    def _candidate(
+        self,
+        character: Character,
+        message: Turn,
+        result: GenerationResult,
+        authors: list[str],
+        seed: int,
+    ) -> Candidate:
+        text = self.clean(
+            character,
+            result.text,
+            authors=authors,
+            hit_token_limit=result.hit_token_limit,
+            fallback=character.fallback(seed),
+        )
+        found = violations(character, message.content, text) if self.guards else []
+        return Candidate(text, result, tuple(found))
+
+    async def _scored(
+        self,
+        character: Character,
+        prompt: Prompt,
+        bare: str | None,
+        message: Turn,
+        history: Sequence[Turn],
+        candidates: list[Candidate],
+    ) -> list[Candidate]:
+        """The candidates with their persona scores, from one batched scoring pass."""
+        bare = bare if bare is not None else bare_prompt(prompt, self.tokenizer)
+        rows = []
+        for candidate in candidates:
+            rows += [
+                ScoreRequest(prompt.text, candidate.text, character.id),
+                ScoreRequest(bare, candidate.text, None),
+            ]
+        scores = await self.backend.score(rows)
+        said = [t.content for t in history if t.role == "character"]
+        scored = []
+        for i, candidate in enumerate(candidates):
+            own, base = scores[2 * i], scores[2 * i + 1]
+            llr = (own.logprob - base.logprob) / max(own.tokens, 1)
+            score = persona_score(llr, candidate.text, message.content, said)
+            scored.append(replace(candidate, score=score))
+        return scored
+
+    def preview(self, character: Character, raw: str, *, message: str, authors: list[str]) -> str:
+        """Streamed text as it may be shown: cleaned, and nothing while it already says what a
+        guard forbids (the final reply replaces it)."""
+        text = self.clean(character, raw, authors=authors)
+        if self.guards and breaks_never_guard(character, message, text):
+            return ""
+        return text
+
+    def clean(
+        self,
+        character: Character,
+        text: str,
+        *,
+        authors: list[str],
+        hit_token_limit: bool = False,
+        fallback: str = "",
+    ) -> str:
+        """Post-process model output; `authors` are the people whose turns it must not write."""
+        return clean_character_reply(
+            character,
+            text,
+            cast=self.cast,
+            authors=authors,
+            hit_token_limit=hit_token_limit,
+            fallback=fallback,
+        )
