@@ -194,6 +194,22 @@ def headline_table(report: dict[str, Any]) -> str:
     return f"{table}\n\nOwn adapter fits its character's held-out lines best (hits@1): {hits:.2f}"
 
 
+def _guard_actions_section(report: dict[str, Any]) -> list[str]:
+    """How often the lever set-ups' guards stepped in: the probe pass rates count a fallback
+    answer (the rule's own example) as a pass, so the report says how many there were."""
+    actions = report.get("guard_actions")
+    if not actions:
+        return []
+    rows = [[setup, a["answers"], a["resampled"], a["fallback"]] for setup, a in actions.items()]
+    return [
+        "## Rule guards at work (all answers: held-out prompts and probes)\n",
+        "A reply that breaks a guard is sampled once more (resampled); if that breaks one too, "
+        "the rule's example answer closest to the message, or a card fallback line, is given "
+        "(fallback).\n",
+        _table(["set-up", "answers", "resampled", "fallback"], rows) + "\n",
+    ]
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = report["characters"]
@@ -202,7 +218,10 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
     parts = [
         "# Persona-fidelity report\n",
         "Regenerate with `python -m finetune eval` (see the module docstring of "
-        "`finetune/evaluate.py` for the set-ups). Greedy decoding, seeded.\n",
+        "`finetune/evaluate.py` for the set-ups). Greedy decoding, seeded; levers_candidates and "
+        "levers_all sample 4 candidates each (temperature from config.yaml), seeded. The "
+        "attribution judge (MiniLM + logistic regression) is not part of any set-up: candidates "
+        "are picked by the model's own likelihood ratio.\n",
         "## Headline\n",
         headline_table(report) + "\n",
         "![attribution](attribution.png)\n",
@@ -226,6 +245,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         )
         + "\n",
         "![confusion](confusion.png)\n",
+        *_guard_actions_section(report),
         "## Rule probes (pass rate)\n",
         _table(
             ["set-up", *ids],

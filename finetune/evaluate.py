@@ -1,7 +1,7 @@
 """`python -m finetune eval`: does each adapter make its character more itself?
 
 Per character, on prompts none of the adapters trained on (its `eval.jsonl` and rule probes),
-five set-ups answer with greedy decoding:
+five prompt set-ups answer with greedy decoding:
 
     base            the base model told only the character's name
     card_zero_shot  the full card (persona, style, rules), no example dialogues
@@ -10,11 +10,14 @@ five set-ups answer with greedy decoding:
                     examples (`prompt.examples: retrieved`), no adapter
     card_adapter    the same prompt, through the character's LoRA adapter
 
-and the report measures: who a MiniLM + logistic-regression classifier (trained on the
-characters' training lines) thinks is speaking; the rule probes' pass rate; BLEU, ROUGE-L,
-embedding similarity and distinct-n against the held-out replies; each character's held-out
-lines scored under every adapter (perplexity; the own adapter should fit best); and perplexity
-on Synthetic-Persona-Chat dialogues with and without each adapter (general damage guard).
+then four more add the serving levers to card_adapter through the bot's own Responder (rule
+guards, 4 candidates picked by the persona score, persona guidance g = 1.5, and all of them;
+see `finetune/eval_levers.py`). The report measures: who a MiniLM + logistic-regression
+classifier (trained on the characters' training lines) thinks is speaking; the rule probes'
+pass rate; BLEU, ROUGE-L, embedding similarity and distinct-n against the held-out replies;
+each character's held-out lines scored under every adapter (perplexity; the own adapter should
+fit best); and perplexity on Synthetic-Persona-Chat dialogues with and without each adapter
+(general damage guard).
 Attribution accuracy and rule-probe pass rates come with bootstrap intervals over the items;
 `finetune/eval_report.py` computes those and writes report.md, report.json and the charts.
 """
@@ -45,6 +48,7 @@ from bot.training_data import DatasetFiles, TrainingRecord, read_records
 from finetune import metrics, persona_chat
 from finetune.attribution import train_attribution
 from finetune.errors import FinetuneError
+from finetune.eval_levers import LEVER_SETUPS, answer_with_levers, guard_actions
 from finetune.eval_report import (
     PERSONA_CHAT_SECTIONS,
     PERSONA_SETUPS,
@@ -65,7 +69,10 @@ class EvalError(FinetuneError):
     pass
 
 
-SETUPS = ("base", "card_zero_shot", "card_few_shot", "card_retrieved", "card_adapter")
+# Set-ups that differ in the prompt (and adapter), answered greedily straight by the engine ...
+PROMPT_SETUPS = ("base", "card_zero_shot", "card_few_shot", "card_retrieved", "card_adapter")
+# ... and the serving levers on top of card_adapter, answered by the bot's Responder.
+SETUPS = (*PROMPT_SETUPS, *LEVER_SETUPS)
 RETRIEVED_EXAMPLES = 4
 # A character's held-out lines are scored as its adapter was trained on them: encoded within the
 # recipe's default max_seq_len (1536), the length the character recipes train at.
@@ -105,6 +112,7 @@ class Item:
     reference: str | None = None
     probe: Probe | None = None
     answers: dict[str, str] = field(default_factory=dict)
+    actions: dict[str, str] = field(default_factory=dict)  # lever set-up -> guard action
 
 
 def variant(character: Character, setup: str) -> Character:
@@ -187,7 +195,7 @@ def answer_all(
     slots, jobs = [], []
     for item in items:
         character = characters[item.character]
-        for setup in SETUPS:
+        for setup in PROMPT_SETUPS:
             card = variant(character, setup)
             if setup == "card_retrieved":
                 card = retriever.with_examples(card, item.turns[-1].content, RETRIEVED_EXAMPLES)
@@ -256,6 +264,8 @@ def run_eval(
     by_id = {c.id: c for c in characters}
     answer_all(engine, by_id, items, config, options, ExampleRetriever(encoder, root))
     clock.lap("answers")
+    answer_with_levers(engine, by_id, items, config, options)
+    clock.lap("answers with the serving levers")
 
     report: dict[str, Any] = {
         "characters": ids,
@@ -269,6 +279,7 @@ def run_eval(
     report["probes"] = pass_rates(rule_outcomes)
     outcomes = {"attribution": attribution_outcomes, "probes": rule_outcomes}
     report["intervals"] = confidence_intervals(outcomes)
+    report["guard_actions"] = guard_actions(items)
     report["reference"] = reference_metrics(ids, items, encoder)
     clock.lap("attribution and reference metrics")
 

@@ -105,6 +105,13 @@ def test_report_is_written_with_every_section(tmp_path, config, engine):
     headline = next(line for line in markdown.splitlines() if line.startswith("| card_adapter |"))
     accuracy = report["attribution"]["card_adapter"]["accuracy"]
     assert headline.startswith(f"| card_adapter | {accuracy:.2f} [")
+    # The serving levers answered every item through the bot's Responder.
+    assert {"card_adapter_guards", "levers_candidates", "levers_guidance", "levers_all"} <= set(
+        report["setups"]
+    )
+    for setup, actions in report["guard_actions"].items():
+        assert actions["answers"] == 4, setup  # one prompt and one probe per character
+    assert "## Rule guards at work" in markdown and "| levers_all |" in markdown
     assert "skipped" not in report and "Skipped sections" not in markdown
     for chart in ("attribution.png", "confusion.png"):
         assert (tmp_path / "report" / chart).stat().st_size > 1000
