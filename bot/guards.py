@@ -51,6 +51,9 @@ class Violation:
     rule: str  # the rule's text
     reason: str  # what the reply did wrong, for logs and the report
     rule_index: int | None = None  # the rule in the card (None: the default AI guard)
+    # "never_say": the reply says something forbidden; "must_say": it lacks what the rule's
+    # topic (its `when`) requires, so the rule's example answers are on that topic.
+    kind: str = "never_say"
 
 
 def _search(patterns: tuple[re.Pattern[str], ...], text: str) -> re.Match[str] | None:
@@ -80,7 +83,8 @@ def violations(character: Character, message: str, reply: str) -> list[Violation
                 break
             if must and not _search(must, reply):
                 said = ", ".join(guard.must_say)
-                broken.append(Violation(rule.rule, f"does not say any of: {said}", index))
+                reason = f"does not say any of: {said}"
+                broken.append(Violation(rule.rule, reason, index, kind="must_say"))
                 break
     return broken
 
@@ -88,4 +92,4 @@ def violations(character: Character, message: str, reply: str) -> list[Violation
 def breaks_never_guard(character: Character, message: str, text: str) -> bool:
     """Whether partial text already says something a guard forbids (used while streaming:
     `must_say` cannot be judged before the reply is complete)."""
-    return any(v.reason.startswith("says ") for v in violations(character, message, text))
+    return any(v.kind == "never_say" for v in violations(character, message, text))

@@ -100,18 +100,23 @@ def guarded_fallback(
 ) -> str:
     """What a character says when every sample broke a guard: the broken rule's example answer
     whose question is closest to the message, else one of the card's fallback lines."""
-    examples = [
-        example
-        for violation in broken
-        if violation.rule_index is not None
-        for example in character.rules[violation.rule_index].examples
-    ]
     words = _content_words(message)
-    scored = [(len(words & _content_words(e.user)), e) for e in examples]
-    best = max(scored, key=lambda pair: pair[0], default=(0, None))
+    best: tuple[int, bool, str] | None = None  # (shared words, on topic, answer)
+    for violation in broken:
+        if violation.rule_index is None:
+            continue
+        # A must_say rule applies only on its topic (its `when` matched): its examples are on
+        # that topic even when they share no word with the message.
+        on_topic = violation.kind == "must_say"
+        for example in character.rules[violation.rule_index].examples:
+            shared = len(words & _content_words(example.user))
+            if best is None or (shared, on_topic) > best[:2]:
+                best = (shared, on_topic, example.character)
     # An example about something else would answer the wrong question: a fallback line is
     # vaguer, but never off topic.
-    return best[1].character if best[1] is not None and best[0] > 0 else character.fallback(seed)
+    if best is not None and (best[0] > 0 or best[1]):
+        return best[2]
+    return character.fallback(seed)
 
 
 def _content_words(text: str) -> set[str]:

@@ -106,9 +106,14 @@ def test_the_fallback_is_the_closest_example_answer_or_a_fallback_line():
     goku = CAST.get("goku")
     zeno = violations(goku, "What do you think of Zeno?", "I love Zeno!")
     assert guarded_fallback(goku, "What do you think of Zeno?", zeno).startswith("Oh, Mr. Zenny?")
-    # The GT rule's one example is about Super Saiyan 4: for another question it would answer
-    # the wrong thing, so a fallback line is given.
-    gt = violations(goku, "Tell me about GT.", "GT was great, I loved it!")
-    assert gt and guarded_fallback(goku, "Tell me about GT.", gt, seed=1) == goku.fallback(1)
+    # A never_say rule applies to any topic: its example answers another question than this
+    # one, so a fallback line is given.
+    cruel = violations(goku, "Tell me a joke.", "I'll destroy you all!")
+    assert [v.kind for v in cruel] == ["never_say"]
+    assert guarded_fallback(goku, "Tell me a joke.", cruel, seed=1) == goku.fallback(1)
+    # A must_say rule's examples are on its topic: one of them answers however it is asked.
+    omni = violations(goku, "Ever met the Omni-King?", "Nope!")
+    assert [v.kind for v in omni] == ["must_say"]
+    assert "Mr. Zenny" in guarded_fallback(goku, "Ever met the Omni-King?", omni)
     ai = violations(goku, "Are you an AI?", "I'm an AI.")
     assert guarded_fallback(goku, "Are you an AI?", ai, seed=2) == goku.fallback(2)
