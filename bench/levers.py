@@ -10,10 +10,15 @@ For each set-up: the K messages one at a time (a single user's latency: p50, p95
 reply), the tokens per second sampled (every candidate's tokens) and posted (the chosen reply's),
 the share of a reply spent in the persona-score pass (`backend.score`, timed by a shim that only
 measures), then the K messages at once (`asyncio.gather`: replies per second under a burst).
-Ratios are to the baseline, measured in the same run; peak RSS at the end. Guard resamples and
-fallbacks are counted: a resample samples a second round that `reply.candidates` does not hold.
+The single replies are interleaved (each message through every set-up in turn), so a busy
+spell of a shared machine does not land on one set-up only. Ratios are to the baseline, measured
+in the same run (latency: p50 to p50); peak RSS at the end. Guard resamples and fallbacks are
+counted: a resample samples a second round that `reply.candidates` does not hold.
 
-    .venv/bin/python -m bench.levers [--replies 8] [--tokens 48] [--seed 0]
+    .venv/bin/python -m bench.levers [--replies 4] [--tokens 48] [--seed 0]
+
+On a 2-core CPU the defaults take about 6 minutes and `--replies 8` about 12: the bursts of
+the levered set-ups dominate (N=4 g=1.5 at 8 messages is 32 requests, 4 batches of 16 rows).
 """
 
 from __future__ import annotations
@@ -105,11 +110,31 @@ class Measured:
     burst_sampled_tokens: int = 0
     resampled: int = 0  # replies (single and burst) whose first round all broke a guard
     fallbacks: int = 0
-    rss_mib: float = 0.0  # peak so far, after this set-up
+    rss_mib: float = 0.0  # peak so far, after this set-up's burst
 
     @property
     def per_reply(self) -> float:
         return statistics.fmean(self.latencies)
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies)
+
+    @property
+    def p95(self) -> float:
+        return percentile(self.latencies, 0.95)
+
+    @property
+    def sampled_rate(self) -> float:
+        return self.sampled_tokens / sum(self.latencies)
+
+    @property
+    def posted_rate(self) -> float:
+        return self.posted_tokens / sum(self.latencies)
+
+    @property
+    def scoring_share(self) -> float:
+        return self.score_seconds / sum(self.latencies)
 
     @property
     def burst_rate(self) -> float:
@@ -166,25 +191,27 @@ def tally(measured: Measured, reply: Reply) -> tuple[int, int]:
     return sampled, posted
 
 
-async def measure(label: str, responder: Responder, timer: ScoreTimer, work: list) -> Measured:
-    measured = Measured(label)
+async def single(measured: Measured, responder: Responder, timer: ScoreTimer, item) -> None:
+    """One reply on its own (nothing else in the batcher), timed, with its scoring pass."""
     score_seconds, score_calls = timer.seconds, timer.calls
-    for character, prompt, message, history in work:  # one user: one message at a time
-        started = time.perf_counter()
-        reply = await responder.respond(character, prompt, message, history)
-        measured.latencies.append(time.perf_counter() - started)
-        sampled, posted = tally(measured, reply)
-        measured.sampled_tokens += sampled
-        measured.posted_tokens += posted
-    measured.score_seconds = timer.seconds - score_seconds
-    measured.score_calls = timer.calls - score_calls
-    started = time.perf_counter()  # a burst: every message at once
-    replies = await asyncio.gather(*(responder.respond(c, p, m, h) for c, p, m, h in work))
+    started = time.perf_counter()
+    reply = await responder.respond(*item)
+    measured.latencies.append(time.perf_counter() - started)
+    measured.score_seconds += timer.seconds - score_seconds
+    measured.score_calls += timer.calls - score_calls
+    sampled, posted = tally(measured, reply)
+    measured.sampled_tokens += sampled
+    measured.posted_tokens += posted
+
+
+async def burst(measured: Measured, responder: Responder, work: list) -> None:
+    """Every message at once, as when several users write together."""
+    started = time.perf_counter()
+    replies = await asyncio.gather(*(responder.respond(*item) for item in work))
     measured.burst_seconds = time.perf_counter() - started
     measured.burst_replies = len(replies)
     measured.burst_sampled_tokens = sum(tally(measured, r)[0] for r in replies)
     measured.rss_mib = peak_rss_mib()
-    return measured
 
 
 def responder_for(config, registry, backend, candidates: int, guidance: float, tokens: int):
@@ -223,49 +250,55 @@ async def main(args: argparse.Namespace) -> None:
         for candidates, guidance in ((1, 1.0), (2, 1.5)):
             responder = responder_for(config, registry, backend, candidates, guidance, args.tokens)
             await responder.respond(*work[0])
-        results = []
-        for candidates, guidance in SETUPS:
-            label = f"N={candidates} g={guidance:g}"
-            responder = responder_for(config, registry, backend, candidates, guidance, args.tokens)
-            results.append(await measure(label, responder, timer, work))
+        setups = [
+            (
+                Measured(f"N={candidates} g={guidance:g}"),
+                responder_for(config, registry, backend, candidates, guidance, args.tokens),
+            )
+            for candidates, guidance in SETUPS
+        ]
+        # Single replies interleaved (each message through every set-up in turn), so a
+        # slow spell of the machine falls on all set-ups alike rather than on one.
+        for item in work:
+            for measured, responder in setups:
+                await single(measured, responder, timer, item)
+        for measured, responder in setups:
+            await burst(measured, responder, work)
+        results = [measured for measured, _ in setups]
     finally:
         await batcher.close()
 
     base = results[0]
     print(
-        "\n| set-up | p50 | p95 | s/reply | sampled tok/s | posted tok/s | scoring | "
-        "burst replies/s | latency vs N=1 g=1 | replies/s vs N=1 g=1 |"
+        "\n| set-up | p50 | p95 | s/reply | sampled tok/s | posted tok/s | scoring "
+        "| burst replies/s | p50 vs N=1 g=1 | replies/s vs N=1 g=1 |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in results:
-        single = sum(m.latencies)
         print(
             f"| {m.label}{' (baseline)' if m is base else ''} "
-            f"| {statistics.median(m.latencies):.2f} s | {percentile(m.latencies, 0.95):.2f} s "
-            f"| {m.per_reply:.2f} | {m.sampled_tokens / single:.1f} "
-            f"| {m.posted_tokens / single:.1f} | {100 * m.score_seconds / single:.0f}% "
-            f"| {m.burst_rate:.2f} | {m.per_reply / base.per_reply:.2f}x "
-            f"| {m.burst_rate / base.burst_rate:.2f}x |"
+            f"| {m.p50:.2f} s | {m.p95:.2f} s | {m.per_reply:.2f} | {m.sampled_rate:.1f} "
+            f"| {m.posted_rate:.1f} | {m.scoring_share:.0%} | {m.burst_rate:.2f} "
+            f"| {m.p50 / base.p50:.2f}x | {m.burst_rate / base.burst_rate:.2f}x |"
         )
     print()
     for m in results:
-        single = sum(m.latencies)
         scoring = (
             f"{1000 * m.score_seconds / m.score_calls:.0f} ms per score pass x {m.score_calls}"
             if m.score_calls
             else "no score pass"
         )
         print(
-            f"{m.label}: p50 {statistics.median(m.latencies):.2f} s, "
-            f"p95 {percentile(m.latencies, 0.95):.2f} s, {m.per_reply:.2f} s/reply "
-            f"({m.per_reply / base.per_reply:.2f}x); {m.sampled_tokens / single:.1f} sampled, "
-            f"{m.posted_tokens / single:.1f} posted tok/s; scoring "
-            f"{100 * m.score_seconds / single:.0f}% ({scoring}); burst of {m.burst_replies}: "
+            f"{m.label}: p50 {m.p50:.2f} s ({m.p50 / base.p50:.2f}x), p95 {m.p95:.2f} s, "
+            f"{m.per_reply:.2f} s/reply ({m.per_reply / base.per_reply:.2f}x); "
+            f"{m.sampled_rate:.1f} sampled, {m.posted_rate:.1f} posted tok/s; scoring "
+            f"{m.scoring_share:.0%} ({scoring}); burst of {m.burst_replies}: "
             f"{m.burst_seconds:.1f} s, {m.burst_rate:.2f} replies/s "
             f"({m.burst_rate / base.burst_rate:.2f}x), "
             f"{m.burst_sampled_tokens / m.burst_seconds:.1f} sampled tok/s; "
             f"guard resampled {m.resampled}, fallback {m.fallbacks} "
-            f"(of {len(m.latencies) + m.burst_replies}); peak RSS so far {m.rss_mib:.0f} MiB"
+            f"(of {len(m.latencies) + m.burst_replies}); peak RSS after its burst "
+            f"{m.rss_mib:.0f} MiB"
         )
     print(
         f"\npeak RSS at the end: {peak_rss_mib():.0f} MiB; "
@@ -275,7 +308,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--replies", type=int, default=8, help="messages per set-up (K)")
+    parser.add_argument("--replies", type=int, default=4, help="messages per set-up (K)")
     parser.add_argument("--tokens", type=int, default=48, help="max_new_tokens (T)")
     parser.add_argument("--seed", type=int, default=0, help="the engine's sampling seed")
     logging.basicConfig(level=logging.WARNING)

@@ -1,5 +1,5 @@
-"""`python -m finetune build | train | chat | compare | eval`: from scripts to a character's
-adapter, and the report that shows what the adapters do.
+"""`python -m finetune build | train | chat | compare | samples | eval`: from scripts to
+a character's adapter, and the report that shows what the adapters do.
 
 python -m finetune build --character goku characters/goku/data/sources/
 python -m finetune train goku --recipe finetune/recipes/cpu-small.yaml
@@ -187,6 +187,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--adapter", type=Path, help="adapter folder (default: characters/<id>/adapter)"
     )
 
+    samples = sub.add_parser(
+        "samples",
+        help="sampled answers before and after the serving levers (guards, candidates, guidance)",
+        description="N sampled answers to each MESSAGE in a fresh channel: before (card + "
+        "adapter, one sample, no guards) and after (config.yaml's generation settings with the "
+        "rule guards), with each reply's seconds.",
+    )
+    samples.add_argument("character", help="character id, name or alias")
+    samples.add_argument("messages", nargs="+", metavar="MESSAGE")
+    samples.add_argument("-n", type=int, default=5, help="samples per message and set-up [5]")
+
     evaluate = sub.add_parser(
         "eval",
         help="the persona-fidelity report: base vs card vs card + adapter",
@@ -326,6 +337,33 @@ def command_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_samples(args: argparse.Namespace) -> int:
+    from bot.characters import CharacterRegistry
+    from finetune.samples import sample_answers
+
+    if args.n < 1:
+        raise FinetuneError(f"-n {args.n}: give at least 1 sample per message")
+    config = load_config()
+    registry = CharacterRegistry.load(config.characters_path)
+    character = registry.get(args.character)
+    rows = sample_answers(config, registry, character, args.messages, args.n)
+    generation = config.generation
+    print(
+        f"after: candidates {generation.candidates}, persona_guidance "
+        f"{generation.persona_guidance}, rule guards; temperature {generation.temperature}"
+    )
+    for message in args.messages:
+        print(f"\n> {message}")
+        for setup in ("before", "after"):
+            mine = [r for r in rows if r.message == message and r.setup == setup]
+            mean = sum(r.seconds for r in mine) / len(mine)
+            print(f"  {setup} ({mean:.1f} s per reply):")
+            for row in mine:
+                action = f" [{row.guard_action}]" if row.guard_action else ""
+                print(f"    {row.seed}. {row.text}{action}")
+    return 0
+
+
 def command_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -371,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         "train-persona-chat": command_train_persona_chat,
         "chat": command_chat,
         "compare": command_compare,
+        "samples": command_samples,
         "eval": command_eval,
     }
     try:

@@ -1,0 +1,85 @@
+"""`python -m finetune samples ID MESSAGE...`: sampled answers before and after the serving levers.
+
+Before: what the bot posted without them (card + adapter, one sample, no guards, no guidance).
+After: the bot's reply as `config.yaml` configures it (rule guards, `generation.candidates`,
+`generation.persona_guidance`). Both sample with the config's temperature, seeds 0..n-1, in a
+fresh channel, through the bot's own Responder, so what is printed is what a user would see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from bot.characters import Character, CharacterRegistry
+from bot.config import Config, GenerationConfig
+from bot.engine import Batcher, InferenceEngine
+from bot.generation.embedded import EmbeddedBackend
+from bot.history import Turn
+from bot.prompt import build_prompt
+from bot.responder import Responder
+
+
+@dataclass(frozen=True)
+class Sample:
+    message: str
+    setup: str  # "before" | "after"
+    seed: int
+    text: str
+    seconds: float
+    guard_action: str
+
+
+def before_and_after(config: Config) -> dict[str, tuple[GenerationConfig, bool]]:
+    """Set-up -> (generation config, guards on)."""
+    before = config.generation.model_copy(update={"candidates": 1, "persona_guidance": 1.0})
+    return {"before": (before, False), "after": (config.generation, True)}
+
+
+def sample_answers(
+    config: Config, registry: CharacterRegistry, character: Character, messages: list[str], n: int
+) -> list[Sample]:
+    engine = InferenceEngine.from_config(config)
+    for member in registry:
+        if member.adapter_path is not None:
+            engine.load_adapter(member.id, member.adapter_path)
+    return asyncio.run(_sample(engine, config, registry, character, messages, n))
+
+
+async def _sample(
+    engine: InferenceEngine,
+    config: Config,
+    registry: CharacterRegistry,
+    character: Character,
+    messages: list[str],
+    n: int,
+) -> list[Sample]:
+    batcher = Batcher(engine, max_batch_size=config.batching.max_batch_size, max_wait_ms=15)
+    backend = EmbeddedBackend(engine, batcher, config.characters_path)
+    samples = []
+    try:
+        for setup, (generation, guards) in before_and_after(config).items():
+            responder = Responder(
+                generation=generation, cast=registry, backend=backend, guards=guards
+            )
+            for text in messages:
+                message = Turn("user", "User", text, character.id)
+                prompt = build_prompt(
+                    character,
+                    [],
+                    message,
+                    tokenizer=engine.tokenizer,
+                    budget=config.prompt.token_budget,
+                )
+                for seed in range(n):
+                    engine.seed = seed
+                    start = time.perf_counter()
+                    reply = await responder.respond(character, prompt, message, [])
+                    seconds = time.perf_counter() - start
+                    samples.append(
+                        Sample(text, setup, seed, reply.text, seconds, reply.guard_action)
+                    )
+    finally:
+        await batcher.close()
+    return samples
