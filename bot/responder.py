@@ -212,7 +212,14 @@ class Responder:
                 settings, temperature=max(settings.temperature, RESAMPLE_TEMPERATURE)
             )
         text = guarded_fallback(character, message.content, broken, seed=len(history))
-        log.info("%s's replies broke %s; answered with %r", character.id, broken, text)
+        reasons = "; ".join(sorted({v.reason for v in broken}))
+        log.info(
+            "%s: %d samples broke a guard (%s); answered %r",
+            character.id,
+            len(broken),
+            reasons,
+            text,
+        )
         last = candidates[0].result
         return Reply(
             character, text, prompt, last, message, tuple(broken), "fallback", tuple(candidates)

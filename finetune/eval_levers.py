@@ -15,6 +15,8 @@ of attribution is a separate MiniLM + logistic-regression classifier, never used
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,8 @@ from bot.responder import Reply, Responder
 
 if TYPE_CHECKING:
     from finetune.evaluate import EvalOptions, Item
+
+log = logging.getLogger(__name__)
 
 # Set-up -> generation settings over the config's (max_new_tokens comes from the options).
 LEVER_SETUPS: dict[str, dict[str, Any]] = {
@@ -76,12 +80,20 @@ async def _answer(
             # One character at a time: its items' batches share the card prefix.
             for character_id, character in characters.items():
                 mine = [item for item in items if item.character == character_id]
+                start = time.perf_counter()
                 replies = await asyncio.gather(
                     *(_respond(responder, character, item, config, engine) for item in mine)
                 )
                 for item, reply in zip(mine, replies, strict=True):
                     item.answers[setup] = reply.text
                     item.actions[setup] = reply.guard_action
+                log.info(
+                    "%s, %s: %d answers in %.0f s",
+                    setup,
+                    character_id,
+                    len(mine),
+                    time.perf_counter() - start,
+                )
     finally:
         await batcher.close()
         engine.seed = seed
