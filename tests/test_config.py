@@ -52,6 +52,25 @@ def test_secrets_do_not_appear_in_repr(tmp_path):
         ("history:\n  max_turns: lots\n", "config.yaml: history.max_turns = 'lots' is not allowed"),
         ("gneration:\n  seed: 1\n", "config.yaml: unknown key 'gneration'"),
         (
+            "generation:\n  candidates: 4\n  temperature: 0\n",
+            "config.yaml: generation: candidates is 4 but temperature is 0: greedy decoding gives "
+            "the same reply every time",
+        ),
+        (
+            "generation:\n  candidates: 2\nbackend:\n  mode: worker\n",
+            "config.yaml: generation.candidates > 1 needs the persona score, which runs in "
+            "embedded mode only (backend.mode is 'worker')",
+        ),
+        (
+            "generation:\n  persona_guidance: 1.5\nbackend:\n  mode: openai\n",
+            "config.yaml: generation.persona_guidance needs the model's logits at every step",
+        ),
+        (
+            "generation:\n  persona_guidance: 0.5\n",
+            "config.yaml: generation.persona_guidance = 0.5 is not allowed: Input should be "
+            "greater than or equal to 1",
+        ),
+        (
             "redis:\n  key_prefix: 'my bot:1'\n",
             "config.yaml: redis.key_prefix = 'my bot:1' is not allowed: String should match "
             "pattern",
