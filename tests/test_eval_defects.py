@@ -13,7 +13,7 @@ from finetune import evaluate
 from finetune.attribution import train_attribution
 from finetune.errors import FinetuneError
 from finetune.eval_report import confidence_intervals, headline_table, write_report
-from finetune.evaluate import SETUPS, EvalError, EvalOptions, pass_rates, run_eval
+from finetune.evaluate import PROMPT_SETUPS, SETUPS, EvalError, EvalOptions, pass_rates, run_eval
 from tests.helpers import make_character, make_config
 
 
@@ -125,7 +125,8 @@ def small_report(setups=SETUPS, **overrides) -> dict:
 
 
 def test_headline_says_n_a_without_rule_probes():
-    rows = [line for line in headline_table(small_report()).splitlines() if "card_adapter" in line]
+    table = headline_table(small_report()).splitlines()
+    rows = [line for line in table if line.startswith("| card_adapter |")]
     assert rows == ["| card_adapter | 0.50 | n/a | 0.10 | 0.20 |"]
 
 
@@ -143,8 +144,8 @@ def test_rule_probe_table_says_n_a_for_a_character_without_probes(tmp_path):
 def test_the_report_shows_bootstrap_intervals_and_the_difference_from_card_with_examples(
     tmp_path,
 ):
-    # A set-up appended after the current ones is reported like them.
-    setups = [*SETUPS, "levers_all"]
+    # The prompt set-ups and a lever set-up after them.
+    setups = [*PROMPT_SETUPS, "levers_all"]
     attribution = {s: {"goku": [1, 0, 1, 0], "vegeta": [0, 1, 0, 1]} for s in setups}
     attribution["levers_all"] = {"goku": [1, 1, 1, 0], "vegeta": [1, 1, 1, 1]}
     probes = {s: {"goku": [1, 0]} for s in setups}
