@@ -23,18 +23,18 @@ NGRAM = 3
 _WORD = re.compile(r"[a-z0-9']+")
 
 
-def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = _WORD.findall(text.lower())
+def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def overlap(reply: str, other: str, n: int = NGRAM) -> float:
     """Share of the reply's word n-grams (fewer words: the whole reply) also in `other`."""
-    size = min(n, len(_WORD.findall(reply.lower())))
+    words = _WORD.findall(reply.lower())
+    size = min(n, len(words))
     if size == 0:
         return 0.0
-    mine = _ngrams(reply, size)
-    return len(mine & _ngrams(other, size)) / len(mine)
+    mine = _ngrams(words, size)
+    return len(mine & _ngrams(_WORD.findall(other.lower()), size)) / len(mine)
 
 
 def persona_score(

@@ -247,13 +247,12 @@ class Responder:
         self,
         character: Character,
         prompt: Prompt,
-        bare: str | None,
+        bare: str,
         message: Turn,
         history: Sequence[Turn],
         candidates: list[Candidate],
     ) -> list[Candidate]:
         """The candidates with their persona scores, from one batched scoring pass."""
-        bare = bare if bare is not None else bare_prompt(prompt, self.tokenizer)
         rows = []
         for candidate in candidates:
             rows += [

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.characters import Character
@@ -72,7 +71,7 @@ async def _answer(
     seed = engine.seed
     engine.seed = options.seed  # every batch starts from it: sampled set-ups repeat exactly
     batcher = Batcher(engine, max_batch_size=options.batch_size, max_wait_ms=50)
-    backend = EmbeddedBackend(engine, batcher, Path(config.characters_path))
+    backend = EmbeddedBackend(engine, batcher, config.characters_path)
     try:
         for setup in LEVER_SETUPS:
             generation = lever_generation(config, setup, options.max_new_tokens)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,24 @@ def headline_table(report: dict[str, Any]) -> str:
     return f"{table}\n\nOwn adapter fits its character's held-out lines best (hits@1): {hits:.2f}"
 
 
+def _per_character_table(
+    report: dict[str, Any], metric: str, rate: Callable[[str, str], Any]
+) -> str:
+    """Set-ups x characters: `rate(setup, character)` with its interval from `metric`."""
+    ids = report["characters"]
+    rows = [
+        [
+            s,
+            *(
+                _with_interval(rate(s, c), _interval_of(report, metric, s, c), compact=True)
+                for c in ids
+            ),
+        ]
+        for s in report["setups"]
+    ]
+    return _table(["set-up", *ids], rows)
+
+
 def _guard_actions_section(report: dict[str, Any]) -> list[str]:
     """How often the lever set-ups' guards stepped in: the probe pass rates count a fallback
     answer (the rule's own example) as a pass, so the report says how many there were."""
@@ -226,43 +245,15 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         headline_table(report) + "\n",
         "![attribution](attribution.png)\n",
         "## Attribution accuracy per character\n",
-        _table(
-            ["set-up", *ids],
-            [
-                [
-                    s,
-                    *(
-                        _with_interval(
-                            report["attribution"][s]["per_character"][c],
-                            _interval_of(report, "attribution", s, c),
-                            compact=True,
-                        )
-                        for c in ids
-                    ),
-                ]
-                for s in report["setups"]
-            ],
+        _per_character_table(
+            report, "attribution", lambda s, c: report["attribution"][s]["per_character"][c]
         )
         + "\n",
         "![confusion](confusion.png)\n",
         *_guard_actions_section(report),
         "## Rule probes (pass rate)\n",
-        _table(
-            ["set-up", *ids],
-            [
-                [
-                    s,
-                    *(
-                        _with_interval(
-                            report["probes"][s].get(c, NOT_MEASURED),
-                            _interval_of(report, "probes", s, c),
-                            compact=True,
-                        )
-                        for c in ids
-                    ),
-                ]
-                for s in report["setups"]
-            ],
+        _per_character_table(
+            report, "probes", lambda s, c: report["probes"][s].get(c, NOT_MEASURED)
         )
         + "\n",
         "## Held-out lines: perplexity under each adapter (rows: whose lines)\n",

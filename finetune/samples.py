@@ -55,7 +55,10 @@ async def _sample(
     messages: list[str],
     n: int,
 ) -> list[Sample]:
-    batcher = Batcher(engine, max_batch_size=config.batching.max_batch_size, max_wait_ms=15)
+    batching = config.batching
+    batcher = Batcher(
+        engine, max_batch_size=batching.max_batch_size, max_wait_ms=batching.max_wait_ms
+    )
     backend = EmbeddedBackend(engine, batcher, config.characters_path)
     samples = []
     try:

@@ -63,7 +63,8 @@ async def test_the_persona_score_prefers_the_own_adapters_reply(cast_backend):
     assert own.text != other.text
     pair = [own.candidates[0], other.candidates[0]]
     prompt = prompt_for(backend, goku, message)
-    scored = await greedy._scored(goku, prompt, None, message, [], pair)
+    bare = bare_prompt(prompt, backend.tokenizer)
+    scored = await greedy._scored(goku, prompt, bare, message, [], pair)
     assert scored[0].score > scored[1].score
 
 

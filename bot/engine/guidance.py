@@ -81,6 +81,7 @@ def guided_generate(
     processors = _processors(settings)
     # The penalty counts each row's own tokens: padding and masked prefix slots are not text.
     seen = torch.where(mask[:n].bool(), ids[:n], ids[:n, -1:])
+    stops = torch.tensor(sorted(stop_ids), device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     steps = []
     for _ in range(settings.max_new_tokens):
@@ -105,7 +106,7 @@ def guided_generate(
         steps.append(token)
         if on_tokens is not None:
             on_tokens(token)
-        done |= torch.isin(token, torch.tensor(sorted(stop_ids), device=device))
+        done |= torch.isin(token, stops)
         if bool(done.all()):
             break
         seen = torch.cat([seen, token[:, None]], 1)
