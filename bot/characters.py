@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,18 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
 def adapter_dir(characters_dir: Path, character_id: str) -> Path:
     """Where a character's own LoRA adapter lives (it may not exist yet)."""
     return characters_dir / character_id / ADAPTER_DIR
+
+
+ADAPTER_WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_version(path: Path) -> str:
+    """A short hash of an adapter's weights ("" when there are none): /status shows which
+    version each worker serves, and preference records say which version answered."""
+    for name in ADAPTER_WEIGHTS_FILES:
+        if (path / name).is_file():
+            return hashlib.sha256((path / name).read_bytes()).hexdigest()[:12]
+    return ""
 
 
 def load_character(folder: Path) -> Character:

@@ -26,6 +26,7 @@ from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, LoraConfig, PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils import INCLUDE_LINEAR_LAYERS_SHORTHAND, load_peft_weights
 
+from bot.characters import ADAPTER_WEIGHTS_FILES
 from bot.config import Config
 from bot.engine.guidance import guided_generate
 from bot.engine.rows import (
@@ -53,7 +54,6 @@ class AdapterError(Exception):
 
 
 # The weights files peft saves and loads, in the order it looks for them.
-WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _SIZE_MISMATCH = re.compile(
     r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
     r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)"
@@ -86,11 +86,12 @@ def _read_lora_config(path: Path) -> LoraConfig:
 def _read_weights(path: Path) -> str:
     """Name of the adapter's weights file, after reading it through: a missing file would make
     peft ask the hub for a repo named like the folder, a corrupt one fail half-way."""
-    name = next((n for n in WEIGHTS_FILES if (path / n).is_file()), None)
+    name = next((n for n in ADAPTER_WEIGHTS_FILES if (path / n).is_file()), None)
     if name is None:
         raise AdapterError(
-            f"no adapter weights ({WEIGHTS_FILES[0]}) in {path}; the folder has only the config: "
-            "copy the weights file next to adapter_config.json or save the adapter again"
+            f"no adapter weights ({ADAPTER_WEIGHTS_FILES[0]}) in {path}; the folder has only "
+            "the config: copy the weights file next to adapter_config.json or save the adapter "
+            "again"
         )
     try:
         load_peft_weights(str(path), device="cpu")

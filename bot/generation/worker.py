@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -21,14 +20,12 @@ import signal
 import socket
 import time
 import uuid
-from pathlib import Path
 
 from redis.exceptions import RedisError, ResponseError
 
-from bot.characters import CharacterRegistry, adapter_dir
+from bot.characters import CharacterRegistry, adapter_dir, adapter_version
 from bot.config import Config
 from bot.engine import Batcher, InferenceEngine
-from bot.engine.engine import WEIGHTS_FILES
 from bot.generation.embedded import load_adapters, reload_into
 from bot.generation.jobs import (
     GROUP,
@@ -49,14 +46,6 @@ REPLY_MAXLEN = 64  # entries a reply stream keeps (the newest carries the whole 
 
 def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def adapter_version(path: Path) -> str:
-    """A short hash of an adapter's weights: /status shows which version each worker serves."""
-    for name in WEIGHTS_FILES:
-        if (path / name).is_file():
-            return hashlib.sha256((path / name).read_bytes()).hexdigest()[:12]
-    return "?"
 
 
 class ModelWorker:
@@ -190,7 +179,7 @@ class ModelWorker:
                 model=self.engine.model_name,
                 quantization=self.engine.quantization,
                 adapters={
-                    cid: self._versions.get(cid, "?") for cid in sorted(self.engine.adapters)
+                    cid: self._versions.get(cid) or "?" for cid in sorted(self.engine.adapters)
                 },
                 adapter_failures=dict(self.engine.adapter_failures),
                 batches=self.batcher.batches_run,
