@@ -1,11 +1,17 @@
 """Training speed of the fine-tuning pipeline on this machine, and what it means for a character.
 
-Runs `finetune.train.train` (the code behind `python -m finetune train`) for a few steps on a
-character's built training set, once as configured (the card prefix shared per batch) and once
-with full sequences as the baseline, in the same process. Prints tokens/s, examples/s, the
-ratio, and the projected time for a 300-example character trained for 3 epochs.
+SFT (default): runs `finetune.train.train` (the code behind `python -m finetune train`) for a
+few steps on a character's built training set, once as configured (the card prefix shared per
+batch) and once with full sequences as the baseline, in the same process. Prints tokens/s,
+examples/s, the ratio, and the projected time for a 300-example character trained for 3 epochs.
+
+--method dpo: SFT as configured (the baseline), then `finetune.dpo.train_dpo` (behind
+`train --method dpo`) for a few steps on the character's preference pairs, in the same process.
+Prints DPO pairs/s next to SFT examples/s, the ratio, the one-off reference pass, and the
+projected time for 200 pairs x 2 epochs.
 
     .venv/bin/python -m bench.train [--character goku] [--steps 6] [--baseline-steps 3]
+    .venv/bin/python -m bench.train --method dpo [--character goku] [--steps 4]
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from pathlib import Path
 from bot.characters import CharacterRegistry
 from bot.config import load_config
 from bot.training_data import DatasetFiles
-from finetune.recipe import load_recipe
+from finetune.dpo import DpoResult, train_dpo
+from finetune.preference_data import PAIR_FILES, read_pairs
+from finetune.recipe import DpoRecipe, load_recipe
 from finetune.train import TrainResult, train
+
+RECIPES = Path(__file__).parent.parent / "finetune" / "recipes"
 
 
 def timed_run(
@@ -30,7 +40,7 @@ def timed_run(
         data.folder.mkdir()
         data.train.write_bytes(train_file.read_bytes())  # no eval: time steps only
         recipe = load_recipe(
-            Path(__file__).parent.parent / "finetune" / "recipes" / "cpu-small.yaml",
+            RECIPES / "cpu-small.yaml",
             max_steps=steps,
             share_prefix=share_prefix,
             batch_size=batch_size,
@@ -47,8 +57,53 @@ def timed_run(
         )
 
 
+def timed_dpo(character, pairs_files: list[Path], steps: int, config) -> DpoResult:
+    pairs = [pair for path in pairs_files for pair in read_pairs(path, character.id)]
+    recipe = load_recipe(RECIPES / "dpo-cpu.yaml", DpoRecipe, max_steps=steps, eval_fraction=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        return train_dpo(
+            character,
+            start_adapter=character.adapter_path,
+            pairs=pairs,
+            out_dir=Path(tmp) / "adapter",
+            recipe=recipe,
+            config=config,
+            work_dir=Path(tmp) / "work",
+            progress=False,
+        )
+
+
+def bench_dpo(character, config, steps: int) -> None:
+    folder = DatasetFiles.of(config.characters_path, character.id).preferences
+    pairs_files = [folder / name for name in PAIR_FILES if (folder / name).is_file()]
+    if not pairs_files or character.adapter_path is None:
+        raise SystemExit(
+            f"{character.id} needs an adapter and pairs in {folder}: run `python -m finetune "
+            f"preferences synth {character.id}` first"
+        )
+    train_file = DatasetFiles.of(config.characters_path, character.id).train
+    batch = load_recipe(None).batch_size
+    sft = timed_run(character, train_file, steps, True, config, batch)
+    sft_rate = steps * batch / sft.loop_seconds
+    print(
+        f"SFT (shared card prefix): {steps} steps of {batch} examples, {sft_rate:.2f} examples/s",
+        flush=True,
+    )
+    dpo = timed_dpo(character, pairs_files, steps, config)
+    reference = dpo.seconds - dpo.loop_seconds
+    print(
+        f"DPO: {dpo.steps} steps of {load_recipe(RECIPES / 'dpo-cpu.yaml', DpoRecipe).batch_size}"
+        f" pairs, {dpo.pairs_per_second:.2f} pairs/s (each pair: chosen and rejected, "
+        f"policy only; the reference pass, loading and saving took {reference:.0f} s) -> 200 "
+        f"pairs x 2 epochs in {400 / dpo.pairs_per_second / 60:.1f} min",
+        flush=True,
+    )
+    print(f"ratio DPO pairs/s / SFT examples/s: {dpo.pairs_per_second / sft_rate:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=["sft", "dpo"], default="sft")
     parser.add_argument("--character", default="goku")
     parser.add_argument("--steps", type=int, default=6, help="steps of the configured run")
     parser.add_argument("--baseline-steps", type=int, default=4, help="steps of the baseline")
@@ -60,6 +115,9 @@ def main() -> None:
     train_file = DatasetFiles.of(config.characters_path, character.id).train
     if not train_file.exists():
         raise SystemExit(f"{train_file} is missing: run `python -m finetune build` first")
+    if args.method == "dpo":
+        bench_dpo(character, config, args.steps)
+        return
     batch = load_recipe(None).batch_size
     # Full sequences keep every card token's activations for the backward pass: a batch of 8
     # needs more than 24 GiB, so the baseline runs smaller batches (compared per example).

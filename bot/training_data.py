@@ -49,6 +49,9 @@ class DatasetFiles:
     # A character's committed dialogue sources and rule probes.
     sources = _InFolder("sources")
     probes = _InFolder("sources", "probes.yaml")
+    # Preference pairs for DPO (`finetune preferences export | synth`; names of the files in
+    # it: `finetune.preference_data`).
+    preferences = _InFolder("preferences")
 
     @classmethod
     def of(cls, characters_dir: Path, character_id: str) -> DatasetFiles:

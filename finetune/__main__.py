@@ -1,8 +1,10 @@
-"""`python -m finetune build | train | chat | compare | samples | eval`: from scripts to
-a character's adapter, and the report that shows what the adapters do.
+"""`python -m finetune build | train | preferences | chat | compare | samples | eval`: from
+scripts to a character's adapter, and the report that shows what the adapters do.
 
 python -m finetune build --character goku characters/goku/data/sources/
 python -m finetune train goku --recipe finetune/recipes/cpu-small.yaml
+python -m finetune preferences synth goku
+python -m finetune train goku --method dpo --recipe finetune/recipes/dpo-cpu.yaml
 python -m finetune chat goku
 python -m finetune train-persona-chat --recipe finetune/recipes/persona-chat.yaml
 python -m finetune eval
@@ -21,7 +23,7 @@ from bot.config import PROJECT_ROOT, Config, ConfigError, load_config
 from bot.logging_setup import setup_logging
 from bot.training_data import DatasetFiles, RecordError
 from finetune.errors import FinetuneError
-from finetune.recipe import Recipe, load_recipe
+from finetune.recipe import DpoRecipe, Recipe, load_recipe
 
 log = logging.getLogger("finetune")
 DEFAULT_SPC = PROJECT_ROOT.parent / "shared" / "data" / "synthetic-persona-chat" / "valid.csv"
@@ -40,7 +42,71 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the adapter goes (default: characters/<id>/adapter; the old one is kept "
         "as adapter.previous)",
     )
+    parser.add_argument(
+        "--method",
+        choices=["sft", "dpo"],
+        default="sft",
+        help="sft: LoRA on the character's lines; dpo: preference training of the adapter it "
+        "has, on preference pairs (trl's DPOTrainer; recipe: finetune/recipes/dpo-cpu.yaml) "
+        "[%(default)s]",
+    )
+    parser.add_argument(
+        "--preferences",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="pairs for --method dpo (default: the character's data/preferences/synthetic.jsonl "
+        "and pairs.jsonl, those that exist)",
+    )
     add_recipe_arguments(parser)
+
+
+def add_preferences_arguments(parser: argparse.ArgumentParser) -> None:
+    from finetune.synthesize import SynthOptions
+
+    actions = parser.add_subparsers(dest="action", required=True)
+    export = actions.add_parser(
+        "export",
+        help="users' swipes and votes (from Redis) as pairs.jsonl, votes.jsonl and a card",
+    )
+    export.add_argument("character", help="character id, name or alias")
+    export.add_argument(
+        "--since",
+        help="only records from this date (YYYY-MM-DD, UTC) or this long ago (e.g. 7d, 12h)",
+    )
+    export.add_argument(
+        "--out", type=Path, help="folder (default: characters/<id>/data/preferences)"
+    )
+    synth = actions.add_parser(
+        "synth",
+        help="pairs from the card's rules and the character's own lines, without users",
+    )
+    synth.add_argument("character", help="character id, name or alias")
+    defaults = SynthOptions()
+    synth.add_argument(
+        "--contexts",
+        type=int,
+        default=defaults.contexts,
+        help="each rule question with no history and after N-1 training windows [%(default)s]",
+    )
+    synth.add_argument(
+        "--samples",
+        type=int,
+        default=defaults.samples,
+        help="answers sampled per prompt by the base model and by the adapter [%(default)s]",
+    )
+    synth.add_argument(
+        "--contrast",
+        type=int,
+        default=defaults.contrast,
+        help="contrast pairs: the real line vs another adapter's answer (0: none) [%(default)s]",
+    )
+    synth.add_argument(
+        "--out",
+        type=Path,
+        help="pairs file (default: characters/<id>/data/preferences/synthetic.jsonl; its card "
+        "is the same name with .md)",
+    )
 
 
 def add_persona_chat_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,10 +170,19 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "seed": "random seed (data order, LoRA init, dropout)",
         "share_prefix": "compute the shared card prefix once per batch (true/false)",
         "prefix_refresh_every": "re-run the shared prefix every N steps (1 = exact)",
+        "beta": "DPO only: how far the adapter may move from the one it starts from",
+        "eval_fraction": "DPO only: share of pairs held out (by prompt) for reward accuracy",
     }
-    for name, info in Recipe.model_fields.items():
+    dpo_only = {k: v for k, v in DpoRecipe.model_fields.items() if k not in Recipe.model_fields}
+    fields = {**Recipe.model_fields, **dpo_only}
+    for name, info in fields.items():
         flag = "--" + name.replace("_", "-")
-        kwargs: dict = {"help": f"{helps[name]} [{info.get_default(call_default_factory=True)}]"}
+        default = info.get_default(call_default_factory=True)
+        if name in DpoRecipe.model_fields and name in Recipe.model_fields:
+            dpo_default = DpoRecipe.model_fields[name].get_default(call_default_factory=True)
+            if dpo_default != default:
+                default = f"{default}; DPO {dpo_default}"
+        kwargs: dict = {"help": f"{helps[name]} [{default}]"}
         if name == "target_modules":
             kwargs["nargs"] = "+"
         elif name == "schedule":
@@ -153,6 +228,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "on the CPU), loss on the character's turns only, prompts built as at inference.",
     )
     add_train_arguments(train)
+
+    preferences = sub.add_parser(
+        "preferences",
+        help="preference pairs for `train --method dpo`: export users' swipes and votes, or "
+        "synthesize pairs from the card's rules",
+    )
+    add_preferences_arguments(preferences)
 
     persona = sub.add_parser(
         "train-persona-chat",
@@ -209,9 +291,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "characters", nargs="*", help="character ids (default: every character with an adapter)"
     )
     evaluate.add_argument(
-        "--out", type=Path, default=PROJECT_ROOT / "docs" / "report", help="report folder"
+        "--out",
+        type=Path,
+        help="report folder [docs/report]; with --only: where its JSON goes (none without --out)",
     )
     evaluate.add_argument("--quick", action="store_true", help="few prompts: a smoke run")
+    evaluate.add_argument(
+        "--only",
+        choices=["likelihood"],
+        help="run one section, print its table, write no report: likelihood = each "
+        "character's held-out lines under every adapter, own-adapter hits@1 (minutes, not "
+        "the report's hour)",
+    )
     evaluate.add_argument("--prompts", type=int, help="held-out prompts per character [24]")
     evaluate.add_argument(
         "--spc-dialogues",
@@ -270,7 +361,85 @@ def command_train(args: argparse.Namespace) -> int:
     character = CharacterRegistry.load(config.characters_path).get(args.character)
     data_dir = args.data or DatasetFiles.of(config.characters_path, character.id).folder
     out_dir = args.out or adapter_dir(config.characters_path, character.id)
+    if args.method == "dpo":
+        return run_dpo(args, character, config, out_dir=out_dir)
+    if args.preferences:
+        raise FinetuneError("--preferences is for --method dpo; SFT trains on --data")
     return run_training(args, character, config, data_dir=data_dir, out_dir=out_dir)
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict[str, object]:
+    names = {*Recipe.model_fields, *DpoRecipe.model_fields}
+    return {name: getattr(args, name, None) for name in names}
+
+
+def run_dpo(
+    args: argparse.Namespace, character: Character, config: Config, *, out_dir: Path
+) -> int:
+    from finetune.dpo import train_dpo
+    from finetune.preference_data import PAIR_FILES, read_pairs
+
+    folder = DatasetFiles.of(config.characters_path, character.id).preferences
+    paths = args.preferences or [folder / n for n in PAIR_FILES if (folder / n).is_file()]
+    if not paths:
+        raise FinetuneError(
+            f"no preference pairs for {character.id} in {folder}; make them "
+            f"with `python -m finetune preferences synth {character.id}` (from the card) or "
+            f"`... preferences export {character.id}` (from users' swipes and votes), or give "
+            "--preferences FILE"
+        )
+    pairs = [pair for path in paths for pair in read_pairs(path, character.id)]
+    recipe = load_recipe(args.recipe, DpoRecipe, **recipe_overrides(args))
+    start = adapter_dir(config.characters_path, character.id)
+    result = train_dpo(
+        character,
+        start_adapter=start,
+        pairs=pairs,
+        out_dir=out_dir,
+        recipe=recipe,
+        config=config,
+        work_dir=config.data_path / "training",
+        progress=not args.quiet,
+    )
+    before, after = result.eval_before, result.eval_after
+    held_out = ""
+    if before and after:
+        held_out = (
+            f"; held-out pairs: loss {before['loss']:.4f} -> {after['loss']:.4f}, reward "
+            f"accuracy {before['rewards/accuracies']:.2f} -> {after['rewards/accuracies']:.2f}"
+        )
+    print(
+        f"{character.name}: DPO {result.steps} steps on {result.train_pairs} pairs in "
+        f"{result.seconds:.0f} s ({result.pairs_per_second:.2f} pairs/s){held_out}; adapter in "
+        f"{result.adapter_path}"
+    )
+    return 0
+
+
+def command_preferences(args: argparse.Namespace) -> int:
+    from bot.characters import CharacterRegistry
+    from finetune.preferences import run_export, run_synth
+    from finetune.synthesize import SynthOptions
+
+    config = load_config()
+    registry = CharacterRegistry.load(config.characters_path)
+    character = registry.get(args.character)
+    if args.action == "export":
+        result = run_export(config, character, args.since, args.out)
+        print(
+            f"{character.name}: {len(result.pairs)} pairs and {result.votes} votes from "
+            f"{result.records} records, in {result.folder}"
+        )
+        return 0
+    options = SynthOptions(contexts=args.contexts, samples=args.samples, contrast=args.contrast)
+    synth, path = run_synth(config, registry, character, options, args.out)
+    sources = ", ".join(
+        f"{sum(p.source == s for p in synth.pairs)} {s}" for s in ("rule", "contrast")
+    )
+    print(f"{character.name}: {len(synth.pairs)} pairs ({sources}) in {path}")
+    for skipped in synth.skipped_rules:
+        print(f"  no pairs: {skipped}")
+    return 0
 
 
 def command_train_persona_chat(args: argparse.Namespace) -> int:
@@ -291,8 +460,7 @@ def run_training(
 ) -> int:
     from finetune.train import train
 
-    overrides = {name: getattr(args, name) for name in Recipe.model_fields}
-    recipe = load_recipe(args.recipe, **overrides)
+    recipe = load_recipe(args.recipe, Recipe, **recipe_overrides(args))
     result = train(
         character,
         data_dir=data_dir,
@@ -382,16 +550,25 @@ def command_eval(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, prompts=args.prompts)
     if args.spc_dialogues:
         options = dataclasses.replace(options, spc_dialogues=args.spc_dialogues)
+    if args.only == "likelihood":
+        from finetune.evaluate import likelihood_table, run_likelihood
+
+        section = run_likelihood(characters, config=config, options=options, out_dir=args.out)
+        print(likelihood_table(section, [c.id for c in characters]))
+        if args.out:
+            print(f"figures: {args.out / 'likelihood.json'}")
+        return 0
+    out_dir = args.out or PROJECT_ROOT / "docs" / "report"
     report = run_eval(
         characters,
         config=config,
-        out_dir=args.out,
+        out_dir=out_dir,
         options=options,
         spc_path=args.spc,
         persona_chat_adapter=args.persona_chat_adapter,
     )
     print(headline_table(report))
-    print(f"report: {args.out / 'report.md'}")
+    print(f"report: {out_dir / 'report.md'}")
     return 0
 
 
@@ -406,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "build": command_build,
         "train": command_train,
+        "preferences": command_preferences,
         "train-persona-chat": command_train_persona_chat,
         "chat": command_chat,
         "compare": command_compare,

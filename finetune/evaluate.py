@@ -25,33 +25,34 @@ Attribution accuracy and rule-probe pass rates come with bootstrap intervals ove
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import random
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from bot.characters import Character
 from bot.config import Config
 from bot.embeddings import SentenceEncoder, load_encoder
-from bot.engine import GenerationRequest, GenerationResult, InferenceEngine, SamplingSettings
+from bot.engine import InferenceEngine, SamplingSettings
 from bot.example_retrieval import ExampleRetriever
+from bot.files import write_files_atomically
 from bot.history import Turn
 from bot.prompt import build_prompt
 from bot.responder import clean_character_reply
 from bot.training_data import DatasetFiles, TrainingRecord, read_records
 from finetune import metrics, persona_chat
 from finetune.attribution import train_attribution
+from finetune.batch_generate import Job, generate_all
 from finetune.errors import FinetuneError
 from finetune.eval_levers import LEVER_SETUPS, answer_with_levers, guard_actions
 from finetune.eval_report import (
     PERSONA_CHAT_SECTIONS,
     PERSONA_SETUPS,
+    _table,
     confidence_intervals,
     write_report,
 )
@@ -145,41 +146,6 @@ def collect_items(characters: list[Character], root: Path, options: EvalOptions)
     return items
 
 
-@dataclass(frozen=True)
-class Job:
-    prompt: str
-    adapter: str | None
-    group: str = ""  # prompts of one group start alike (one character's card): batched together
-
-
-def generate_all(
-    engine: InferenceEngine,
-    jobs: list[Job],
-    settings: SamplingSettings,
-    options: EvalOptions,
-    desc: str = "generate",
-) -> list[GenerationResult]:
-    """Greedy answers to the jobs, in job order. A batch holds one group under one adapter, so
-    the engine runs the card the group's prompts share once for the whole batch."""
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        groups[(job.adapter or "", job.group)].append(i)
-    batches = []
-    for key in sorted(groups):
-        members = sorted(groups[key], key=lambda i: jobs[i].prompt)
-        batches += [
-            members[j : j + options.batch_size] for j in range(0, len(members), options.batch_size)
-        ]
-    results: list[GenerationResult | None] = [None] * len(jobs)
-    for chunk in tqdm(batches, desc=desc, leave=False):
-        requests = [
-            GenerationRequest(jobs[i].prompt, settings, adapter=jobs[i].adapter) for i in chunk
-        ]
-        for i, result in zip(chunk, engine.generate(requests, seed=options.seed), strict=True):
-            results[i] = result
-    return results  # type: ignore[return-value]
-
-
 def answer_all(
     engine: InferenceEngine,
     characters: dict[str, Character],
@@ -209,7 +175,7 @@ def answer_all(
             slots.append((item, setup))
             adapter = character.id if setup == "card_adapter" else None
             jobs.append(Job(prompt.text, adapter, group=f"{character.id}/{setup == 'base'}"))
-    results = generate_all(engine, jobs, settings, options)
+    results = generate_all(engine, jobs, settings, batch_size=options.batch_size, seed=options.seed)
     for (item, setup), result in zip(slots, results, strict=True):
         item.answers[setup] = clean_character_reply(
             characters[item.character],
@@ -302,9 +268,16 @@ def run_eval(
 # -- the phases of run_eval --------------------------------------------------------------------
 
 
-def check_inputs(characters: list[Character], root: Path, spc_path: Path | None) -> dict[str, str]:
+def check_inputs(
+    characters: list[Character],
+    root: Path,
+    spc_path: Path | None,
+    *,
+    with_persona_chat: bool = True,
+) -> dict[str, str]:
     """Refuse, before any model work, a run that could only fail; log and return the sections
-    it will skip (section -> why)."""
+    it will skip (section -> why). Without `with_persona_chat` (a run of one section) the
+    Synthetic-Persona-Chat sections are not checked."""
     missing = [c.id for c in characters if not c.has_adapter]
     if missing:
         raise EvalError(
@@ -335,6 +308,8 @@ def check_inputs(characters: list[Character], root: Path, spc_path: Path | None)
             f"got: {got}; give two or more character ids, or none for every character with "
             "an adapter"
         )
+    if not with_persona_chat:
+        return {}
     skipped = skipped_persona_chat_sections(spc_path)
     if skipped:
         log.warning(
@@ -457,6 +432,44 @@ def likelihood_section(
     return {"perplexity": ppl, "own_adapter_hits_at_1": hits}
 
 
+def run_likelihood(
+    characters: list[Character],
+    *,
+    config: Config,
+    options: EvalOptions,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """`python -m finetune eval --only likelihood`: the adapter-likelihood section alone, in
+    minutes: no answers are generated and no report is written; with `out_dir`, its figures
+    go to likelihood.json there."""
+    if len(characters) < 2:
+        raise EvalError(
+            "own-adapter hits@1 compares adapters: give two or more characters with adapters"
+        )
+    check_inputs(characters, config.characters_path, None, with_persona_chat=False)
+    engine = load_engine(config, characters)
+    section = likelihood_section(engine, characters, config.characters_path, options)
+    if out_dir is not None:
+        figures = {
+            "characters": [c.id for c in characters],
+            "likelihood_lines": options.likelihood_lines,
+            **section,
+        }
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_files_atomically({out_dir / "likelihood.json": json.dumps(figures, indent=2) + "\n"})
+    return section
+
+
+def likelihood_table(section: dict[str, Any], ids: list[str]) -> str:
+    """`likelihood_section`'s figures as Markdown: the report's perplexity table and hits@1."""
+    ppl = section["perplexity"]
+    table = _table(
+        ["lines of", *ids, "base"], [[c, *(ppl[c][a] for a in ids), ppl[c]["base"]] for c in ids]
+    )
+    hits = section["own_adapter_hits_at_1"]
+    return f"{table}\n\nOwn adapter fits its character's held-out lines best (hits@1): {hits:.2f}"
+
+
 def persona_chat_sections(
     engine: InferenceEngine,
     config: Config,
@@ -562,7 +575,14 @@ def persona_protocol(
             slots.append(setup)
             jobs.append(Job(prompt.text, adapter_of.get(setup)))
     answers: dict[str, list[str]] = {setup: [] for setup in setups}
-    results = generate_all(engine, jobs, settings, options, desc="persona-chat")
+    results = generate_all(
+        engine,
+        jobs,
+        settings,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        desc="persona-chat",
+    )
     for setup, result in zip(slots, results, strict=True):
         answers[setup].append(
             clean_character_reply(

@@ -47,6 +47,17 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def completion_text(tokenizer: Any, reply: str) -> str:
+    """What the chat template writes for `reply` after a prompt that ends with the generation
+    prompt: the reply and the end-of-turn token (so a model learns to stop), no speaker name."""
+    messages = [{"role": "user", "content": "."}]
+    prompt = render(tokenizer, messages)
+    full = render(tokenizer, [*messages, {"role": "assistant", "content": reply}], False)
+    if not full.startswith(prompt):
+        raise ExampleError("the chat template does not render a reply after its prompt")
+    return full[len(prompt) :].rstrip("\n")
+
+
 def encode_example(
     record: TrainingRecord, character: Character, tokenizer: Any, *, max_seq_len: int
 ) -> EncodedExample | None:
@@ -58,12 +69,7 @@ def encode_example(
     reply = record.reply.strip()
     if record.persona:
         character = character.model_copy(update={"description": record.persona})
-    # The target: what the chat template writes for this reply after the generation prompt.
-    probe = build_prompt(character, [], message, tokenizer=tokenizer, budget=10**9)
-    full = render(tokenizer, [*probe.messages, {"role": "assistant", "content": reply}], False)
-    if not full.startswith(probe.text):
-        raise ExampleError("the chat template does not render a reply after its prompt")
-    target = _ids(tokenizer, full[len(probe.text) :].rstrip("\n"))
+    target = _ids(tokenizer, completion_text(tokenizer, reply))
     budget = max_seq_len - len(target)
     prompt = build_prompt(character, history, message, tokenizer=tokenizer, budget=budget)
     prompt_ids = _ids(tokenizer, prompt.text)

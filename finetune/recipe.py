@@ -60,8 +60,34 @@ class Recipe(BaseModel):
     prefix_refresh_every: int = Field(4, ge=1)
 
 
-def load_recipe(path: Path | None = None, **overrides: Any) -> Recipe:
-    """The recipe from a YAML file (or the defaults), with command-line overrides on top."""
+class DpoRecipe(BaseModel):
+    """Preference training (DPO) of an existing adapter: its LoRA shape is the adapter's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: float = Field(2, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(2, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, ge=1)  # pairs per micro-batch
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_len: int = Field(1536, ge=64)  # prompt + reply tokens; longer pairs are left out
+    # How far the policy may move from the reference (the adapter it starts from): DPO's beta.
+    beta: float = Field(0.1, gt=0)
+    eval_fraction: float = Field(0.15, ge=0, lt=1)  # pairs held out for reward accuracy
+    eval_every: int = Field(10, ge=1)
+    seed: int = 0
+
+
+RecipeType = type[Recipe] | type[DpoRecipe]
+
+
+def load_recipe(path: Path | None = None, kind: RecipeType = Recipe, **overrides: Any) -> Any:
+    """The recipe from a YAML file (or the defaults), with command-line overrides on top.
+    An override that `kind` has no setting for is an error (e.g. `--r` when training DPO)."""
     data: dict[str, Any] = {}
     source = "recipe"
     if path is not None:
@@ -74,11 +100,17 @@ def load_recipe(path: Path | None = None, **overrides: Any) -> Recipe:
             raise RecipeError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(data, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of settings, e.g. `r: 8`")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    foreign = sorted(set(given) - set(kind.model_fields))
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        keys = ", ".join(kind.model_fields)
+        raise RecipeError(f"{flags}: not a setting of {kind.__name__}; allowed: {keys}")
+    data.update(given)
     try:
-        return Recipe(**data)
+        return kind(**data)
     except ValidationError as exc:
-        keys = ", ".join(Recipe.model_fields)
+        keys = ", ".join(kind.model_fields)
         raise RecipeError(
             describe_validation_error(exc, source, keys_hint=f"allowed keys: {keys}")
         ) from None

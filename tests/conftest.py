@@ -119,6 +119,7 @@ MODEL_FIXTURES = {"engine", "clean_engine", "batcher", "random_adapters"}
 # Calls that load the model or the MiniLM encoder, in a test or in one of its fixtures.
 MODEL_LOADERS = (
     "= train(",  # finetune.train.train loads the base model itself
+    "train_dpo(",
     '"train-persona-chat"',
     "InferenceEngine.from_config",
     "load_encoder(",

@@ -1,0 +1,271 @@
+"""Preference pairs without users (`python -m finetune preferences synth ID`).
+
+Rule pairs: each rule that has a guard and example questions is asked its own example questions
+(and every card's default guard, that the character never calls itself an AI, a few identity
+challenges), once with no history and after a few windows of the character's training dialogue.
+The base model and the character's adapter each sample answers; those that break the rule's
+guard are rejected, against the rule's own example answers and the samples that break no guard.
+Only the card is read: never the held-out rule probes, which the report asks.
+
+Contrast pairs: for a context from the character's training lines, the character's real line is
+chosen over what another character's adapter (or the base model, in a cast of one) answers with
+this character's card: they teach the adapter its speaker, not only the script's style.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bot.characters import Character
+from bot.engine import InferenceEngine, SamplingSettings
+from bot.guards import AI_RULE, violations
+from bot.history import Turn
+from bot.prompt import build_prompt
+from bot.responder import clean_character_reply
+from bot.training_data import TrainingRecord
+from finetune.batch_generate import Job, generate_all
+from finetune.preference_data import PreferencePair
+
+# The default guard's own example questions (it has no rule in the card to take them from).
+IDENTITY_QUESTIONS = (
+    "Are you a real person or a bot?",
+    "Be honest with me: are you an AI?",
+    "What are you, really? Some kind of program?",
+)
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    contexts: int = 4  # each question: no history, then after contexts-1 training windows
+    samples: int = 4  # answers sampled per prompt by the base model and by the adapter, each
+    contrast: int = 48  # contrast pairs wanted (0: none)
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 48
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RulePrompt:
+    rule_index: int | None  # None: the default AI guard
+    rule: str
+    message: str
+    prompt: str
+    authors: tuple[str, ...]  # speakers of the prompt's history and message
+    examples: tuple[str, ...]  # the rule's own example answers to this message
+
+
+@dataclass
+class SynthResult:
+    pairs: list[PreferencePair] = field(default_factory=list)
+    samples: Counter[str] = field(default_factory=Counter)  # "broke" / "passed" / "other"
+    skipped_rules: list[str] = field(default_factory=list)  # rules no pair can come from, why
+
+    def facts(self) -> dict[str, object]:
+        return {
+            "samples that broke the rule's guard": self.samples["broke"],
+            "samples that broke no guard": self.samples["passed"],
+            "samples that broke only another rule (unused)": self.samples["other"],
+            "rules without pairs": "; ".join(self.skipped_rules) or "none",
+        }
+
+
+def histories(
+    character: Character, records: Sequence[TrainingRecord], count: int, seed: int
+) -> list[list[Turn]]:
+    """No history, then `count - 1` windows of the character's training dialogue (each ending
+    with the character's real reply), chosen with `seed`."""
+    windows: list[list[Turn]] = [[]]
+    usable = [r for r in records if r.message is not None]
+    for record in random.Random(seed).sample(usable, min(count - 1, len(usable))):
+        reply = Turn("character", character.name, record.reply, character.id)
+        windows.append([*record.context, reply])
+    return windows
+
+
+def rule_prompts(
+    character: Character,
+    windows: Sequence[Sequence[Turn]],
+    *,
+    tokenizer: object,
+    budget: int,
+) -> tuple[list[RulePrompt], list[str]]:
+    """Every (rule question, history) prompt, and the rules that give none, with why."""
+    questions: list[tuple[int | None, str, str, tuple[str, ...]]] = []
+    skipped = []
+    if character.ai_guard:
+        questions += [(None, AI_RULE, q, ()) for q in IDENTITY_QUESTIONS]
+    for index, rule in enumerate(character.rules):
+        if not rule.guard:
+            skipped.append(f"rules[{index}] has no guard to judge answers by")
+            continue
+        if not rule.examples:
+            skipped.append(f"rules[{index}] has no example question to ask")
+            continue
+        for example in rule.examples:
+            answers = tuple(e.character for e in rule.examples if e.user == example.user)
+            questions.append((index, rule.rule, example.user, answers))
+    prompts = []
+    for rule_index, rule, question, answers in questions:
+        for window in windows:
+            message = Turn("user", "User", question, character.id)
+            prompt = build_prompt(character, window, message, tokenizer=tokenizer, budget=budget)
+            authors = tuple(sorted({"User", *(t.author for t in window)}))
+            prompts.append(RulePrompt(rule_index, rule, question, prompt.text, authors, answers))
+    return prompts, skipped
+
+
+def judge(character: Character, rule_prompt: RulePrompt, answer: str) -> str:
+    """ "broke": the answer breaks this prompt's rule; "passed": it breaks no guard at all;
+    "other": it breaks only another rule (neither a good nor a bad example of this one)."""
+    broken = violations(character, rule_prompt.message, answer)
+    if any(v.rule_index == rule_prompt.rule_index and v.rule == rule_prompt.rule for v in broken):
+        return "broke"
+    return "other" if broken else "passed"
+
+
+def rule_pairs(
+    character: Character, rule_prompt: RulePrompt, answers: Sequence[str], limit: int
+) -> tuple[list[PreferencePair], Counter[str]]:
+    """Pairs for one prompt: each distinct breaking answer against a good one (the rule's
+    example answers first, then passing samples, in turn), at most `limit`."""
+    verdicts = Counter()
+    good = list(dict.fromkeys(rule_prompt.examples))
+    bad = []
+    for answer in dict.fromkeys(a for a in answers if a.strip()):
+        verdict = judge(character, rule_prompt, answer)
+        verdicts[verdict] += 1
+        if verdict == "broke":
+            bad.append(answer)
+        elif verdict == "passed" and answer not in good:
+            good.append(answer)
+    pairs = [
+        PreferencePair(
+            character.id,
+            "rule",
+            rule_prompt.prompt,
+            good[n % len(good)],
+            rejected,
+            rule_prompt.rule,
+        )
+        for n, rejected in enumerate(bad[:limit])
+        if good
+    ]
+    return pairs, verdicts
+
+
+def sampling(options: SynthOptions, temperature: float | None = None) -> SamplingSettings:
+    return SamplingSettings(
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature if temperature is None else temperature,
+        top_p=options.top_p,
+        repetition_penalty=1.1,
+    )
+
+
+def synthesize(
+    engine: InferenceEngine,
+    character: Character,
+    cast: Sequence[Character],
+    records: Sequence[TrainingRecord],
+    options: SynthOptions,
+    *,
+    budget: int,
+) -> SynthResult:
+    """Rule and contrast pairs for `character` (its adapter and the cast's loaded in `engine`)."""
+    result = SynthResult()
+    windows = histories(character, records, options.contexts, options.seed)
+    prompts, result.skipped_rules = rule_prompts(
+        character, windows, tokenizer=engine.tokenizer, budget=budget
+    )
+    own = character.id if character.id in engine.adapters else None
+    models = [None] if own is None else [None, own]
+    jobs = [
+        Job(p.prompt, model, character.id)
+        for p in prompts
+        for model in models
+        for _ in range(options.samples)
+    ]
+    answers = generate_all(
+        engine,
+        jobs,
+        sampling(options),
+        batch_size=options.batch_size,
+        seed=options.seed,
+        desc=f"rule samples {character.id}",
+    )
+    per_prompt = len(models) * options.samples
+    for n, rule_prompt in enumerate(prompts):
+        texts = [
+            clean_character_reply(
+                character,
+                answer.text,
+                cast=cast,
+                authors=rule_prompt.authors,
+                hit_token_limit=answer.hit_token_limit,
+            )
+            for answer in answers[n * per_prompt : (n + 1) * per_prompt]
+        ]
+        pairs, verdicts = rule_pairs(character, rule_prompt, texts, options.samples)
+        result.pairs += pairs
+        result.samples += verdicts
+    if options.contrast:
+        result.pairs += contrast_pairs(engine, character, cast, records, options, budget=budget)
+    return result
+
+
+def contrast_pairs(
+    engine: InferenceEngine,
+    character: Character,
+    cast: Sequence[Character],
+    records: Sequence[TrainingRecord],
+    options: SynthOptions,
+    *,
+    budget: int,
+) -> list[PreferencePair]:
+    """The character's real line against another adapter's greedy answer to the same context
+    (the others in turn; the base model when no other character has an adapter)."""
+    others = [c.id for c in cast if c.id != character.id and c.id in engine.adapters] or [None]
+    usable = [r for r in records if r.message is not None]
+    chosen = random.Random(options.seed + 1).sample(usable, min(options.contrast, len(usable)))
+    prompts, jobs = [], []
+    for n, record in enumerate(chosen):
+        message = record.message
+        assert message is not None
+        prompt = build_prompt(
+            character,
+            record.context[:-1],
+            message,
+            tokenizer=engine.tokenizer,
+            budget=budget,
+        )
+        prompts.append((record, prompt.text, others[n % len(others)]))
+        jobs.append(Job(prompt.text, others[n % len(others)], character.id))
+    results = generate_all(
+        engine,
+        jobs,
+        sampling(options, temperature=0.0),
+        batch_size=options.batch_size,
+        seed=options.seed,
+        desc=f"contrast {character.id}",
+    )
+    pairs = []
+    for (record, prompt, other), result in zip(prompts, results, strict=True):
+        authors = [t.author for t in record.context]
+        text = clean_character_reply(
+            character,
+            result.text,
+            cast=cast,
+            authors=authors,
+            hit_token_limit=result.hit_token_limit,
+        )
+        if text.strip() and text.strip() != record.reply.strip():
+            detail = f"{other or 'base'} answered"
+            pairs.append(
+                PreferencePair(character.id, "contrast", prompt, record.reply, text, detail)
+            )
+    return pairs

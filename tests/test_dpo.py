@@ -1,0 +1,219 @@
+"""Synthetic preference pairs and DPO training of an adapter (trl's DPOTrainer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bot.characters import CharacterRegistry
+from bot.guards import AI_RULE
+from bot.history import Turn
+from bot.prompt import build_prompt
+from finetune.__main__ import main
+from finetune.dpo import split_pairs, train_dpo
+from finetune.preference_data import PreferencePair
+from finetune.recipe import DpoRecipe, RecipeError, load_recipe
+from finetune.synthesize import (
+    IDENTITY_QUESTIONS,
+    RulePrompt,
+    judge,
+    rule_pairs,
+    rule_prompts,
+)
+from tests.helpers import PROJECT_ROOT
+
+ZENO = 1  # Goku's rule: always calls Zeno "Mr. Zenny"
+
+
+@pytest.fixture(scope="module")
+def goku():
+    return CharacterRegistry.load(PROJECT_ROOT / "characters").get("goku")
+
+
+def zeno_prompt(goku) -> RulePrompt:
+    rule = goku.rules[ZENO]
+    example = rule.examples[0]
+    return RulePrompt(ZENO, rule.rule, example.user, "<prompt>", ("User",), (example.character,))
+
+
+# -- synthetic rule pairs ----------------------------------------------------------------------
+
+
+def test_judge_tells_this_rule_broken_from_another_rule_broken(goku):
+    rule_prompt = zeno_prompt(goku)
+    assert judge(goku, rule_prompt, "Zeno? He's the king of everything.") == "broke"
+    assert judge(goku, rule_prompt, "Mr. Zenny is my buddy!") == "passed"
+    # Says Mr. Zenny, but calls himself an AI: a bad answer, but not one of this rule.
+    assert judge(goku, rule_prompt, "As an AI, I like Mr. Zenny.") == "other"
+
+
+def test_rule_pairs_put_breaking_answers_against_the_example_and_passing_ones(goku):
+    rule_prompt = zeno_prompt(goku)
+    answers = [
+        "Zeno is scary.",
+        "Mr. Zenny is my buddy!",
+        "Zeno is scary.",  # the same answer twice is one pair
+        "As an AI, I like Mr. Zenny.",
+        "Lord Zeno rules all.",
+    ]
+    pairs, verdicts = rule_pairs(goku, rule_prompt, answers, limit=4)
+    example = rule_prompt.examples[0]
+    assert [(p.chosen, p.rejected) for p in pairs] == [
+        (example, "Zeno is scary."),
+        ("Mr. Zenny is my buddy!", "Lord Zeno rules all."),
+    ]
+    assert all(p.source == "rule" and p.detail == rule_prompt.rule for p in pairs)
+    assert verdicts == {"broke": 2, "passed": 1, "other": 1}
+    assert len(rule_pairs(goku, rule_prompt, answers, limit=1)[0]) == 1
+
+
+def test_rule_prompts_ask_each_guarded_rules_examples_after_each_history(goku, tokenizer):
+    windows = [[], [Turn("user", "Krillin", "Hungry?"), Turn("character", "Goku", "Always!")]]
+    prompts, skipped = rule_prompts(goku, windows, tokenizer=tokenizer, budget=1536)
+    guarded = [i for i, r in enumerate(goku.rules) if r.guard and r.examples]
+    questions = len(IDENTITY_QUESTIONS) + sum(len(goku.rules[i].examples) for i in guarded)
+    assert len(prompts) == questions * len(windows)
+    assert {p.rule_index for p in prompts} == {None, *guarded}
+    ai = [p for p in prompts if p.rule_index is None]
+    assert {p.message for p in ai} == set(IDENTITY_QUESTIONS) and ai[0].rule == AI_RULE
+    assert all(p.prompt.endswith("<|im_start|>assistant\n") for p in prompts)
+    assert any("Krillin" in p.prompt for p in prompts) and "Krillin" in prompts[1].authors
+    unguarded = [i for i, r in enumerate(goku.rules) if not r.guard]
+    assert skipped == [f"rules[{i}] has no guard to judge answers by" for i in unguarded]
+
+
+def test_held_out_pairs_are_whole_prompts():
+    pairs = [
+        PreferencePair("goku", "rule", f"prompt {n // 3}", f"good {n}", f"bad {n}")
+        for n in range(30)
+    ]
+    train, held_out = split_pairs(pairs, 0.2, seed=0)
+    assert len(train) + len(held_out) == 30 and len(held_out) == 6
+    assert not {p.prompt for p in train} & {p.prompt for p in held_out}
+
+
+# -- recipes and the command line --------------------------------------------------------------
+
+
+def test_dpo_recipe_refuses_sft_only_settings():
+    assert load_recipe(None, DpoRecipe, beta=0.2).beta == 0.2
+    with pytest.raises(RecipeError, match=r"--r, --share-prefix: not a setting of DpoRecipe"):
+        load_recipe(None, DpoRecipe, r=8, share_prefix=True)
+    with pytest.raises(RecipeError, match=r"--beta: not a setting of Recipe"):
+        load_recipe(None, beta=0.2)
+    recipe = load_recipe(PROJECT_ROOT / "finetune" / "recipes" / "dpo-cpu.yaml", DpoRecipe)
+    assert recipe.beta > 0 and recipe.learning_rate > 0
+
+
+@pytest.fixture
+def cast_config(tmp_path, monkeypatch):
+    """A config whose characters folder holds a copy of Goku (card and data, no adapter)."""
+    import shutil
+
+    chars = tmp_path / "characters"
+    shutil.copytree(
+        PROJECT_ROOT / "characters" / "goku", chars / "goku", ignore=shutil.ignore_patterns("ad*")
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(f"characters_dir: {chars}\ndata_dir: {tmp_path / 'data'}\n")
+    monkeypatch.setenv("CHARBOT_CONFIG", str(config))
+    return chars
+
+
+def test_dpo_without_pairs_says_how_to_make_them(cast_config, capsys):
+    assert main(["train", "goku", "--method", "dpo"]) == 2
+    error = capsys.readouterr().err
+    assert "no preference pairs for goku in" in error
+    assert "python -m finetune preferences synth goku" in error
+
+
+def test_dpo_without_an_adapter_to_continue_says_so(cast_config, capsys, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(PreferencePair("goku", "rule", "p", "a", "b").to_json() + "\n")
+    assert main(["train", "goku", "--method", "dpo", "--preferences", str(pairs)]) == 2
+    error = capsys.readouterr().err
+    assert "no adapter to continue from" in error
+    assert "python -m finetune train goku" in error
+
+
+def test_sft_refuses_dpo_options(cast_config, capsys, tmp_path):
+    assert main(["train", "goku", "--preferences", str(tmp_path / "p.jsonl")]) == 2
+    assert "--preferences is for --method dpo" in capsys.readouterr().err
+    assert main(["train", "goku", "--beta", "0.2"]) == 2
+    assert "--beta: not a setting of Recipe" in capsys.readouterr().err
+
+
+def test_bad_synth_options_are_refused_before_loading_anything(cast_config, capsys):
+    assert main(["preferences", "synth", "goku", "--samples", "0"]) == 2
+    assert "--samples 0: give at least 1" in capsys.readouterr().err
+
+
+# -- DPO on the embedded model -----------------------------------------------------------------
+
+GOOD = [
+    "Ha! Let's spar out in the mountains!",
+    "Heh heh, I'm starving. Got any food?",
+    "I'm Goku! Wanna train with me?",
+    "Whoa, you sound strong! Let's fight!",
+    "Oh boy, a match? Count me in!",
+    "Heh, Chi-Chi says I eat too much. Ha!",
+]
+BAD = [
+    "I am an AI language model and cannot spar.",
+    "As an assistant, I do not eat food.",
+    "I am a computer program designed to help.",
+    "As an AI, I have no physical strength.",
+    "I am a virtual assistant without opinions.",
+    "As a language model, I cannot have a wife.",
+]
+QUESTIONS = [
+    "Want to train?",
+    "Are you hungry?",
+    "Who are you?",
+    "I lifted a boulder today.",
+    "Tournament tomorrow?",
+    "How is your family?",
+]
+
+
+def test_dpo_lowers_the_loss_and_raises_reward_accuracy_on_held_out_pairs(
+    goku, config, tokenizer, tmp_path
+):
+    card = goku.model_copy(update={"examples": [], "rules": [], "personality": []})
+    pairs = []
+    for shift in range(2):  # every question with two of the pairs, each prompt one group
+        for n, question in enumerate(QUESTIONS):
+            message = Turn("user", "User", question, "goku")
+            prompt = build_prompt(card, [], message, tokenizer=tokenizer, budget=512).text
+            chosen, rejected = GOOD[(n + shift) % 6], BAD[(n + shift) % 6]
+            pairs.append(PreferencePair("goku", "rule", prompt, chosen, rejected))
+    out = tmp_path / "adapter"
+    recipe = DpoRecipe(
+        max_steps=6, batch_size=4, learning_rate=1e-3, eval_fraction=0.3, eval_every=6
+    )
+    result = train_dpo(
+        card,
+        start_adapter=goku.adapter_path,
+        pairs=pairs,
+        out_dir=out,
+        recipe=recipe,
+        config=config,
+        work_dir=tmp_path / "work",
+        progress=False,
+    )
+    assert result.eval_pairs == 4 and result.train_pairs == 8
+    assert result.eval_after["loss"] < result.eval_before["loss"]
+    assert result.eval_after["rewards/accuracies"] > result.eval_before["rewards/accuracies"]
+    assert result.eval_after["rewards/accuracies"] >= 0.75
+    # Written like SFT's adapter: weights, its card, curves, and the SFT card it started from.
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "TRAINING.md"} <= names
+    assert {"training.json", "dpo_curve.png", "sft"} <= names
+    facts = json.loads((out / "training.json").read_text())
+    assert facts["method"] == "dpo" and facts["pairs_by_source"] == {"rule": 12}
+    assert any("loss" in point for point in facts["curve"])
+    assert "SFT, then DPO" in (out / "TRAINING.md").read_text()
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+        config.model.base
+    )
