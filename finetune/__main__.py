@@ -324,7 +324,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Synthetic-Persona-Chat CSV for the damage guard and the persona-injection "
         "protocol (both skipped if missing)",
     )
+    add_eval_adapters_parser(sub)
     return parser.parse_args(argv)
+
+
+def add_eval_adapters_parser(sub: argparse._SubParsersAction) -> None:
+    from finetune.eval_adapters import DEFAULT_AFTER, DEFAULT_BEFORE
+
+    compare = sub.add_parser(
+        "eval-adapters",
+        help="two adapter versions per character (e.g. SFT vs SFT + DPO): probes, attribution, "
+        "held-out likelihood, SPC damage guard",
+        description="Answer each character's rule probes (no guards) and held-out prompts, and "
+        "score its held-out lines and Synthetic-Persona-Chat dialogues, under its --before and "
+        "its --after adapter; writes adapters.md and adapters.json.",
+    )
+    compare.add_argument(
+        "characters",
+        nargs="*",
+        help="character ids (default: every character with both adapter folders)",
+    )
+    compare.add_argument(
+        "--before",
+        default=DEFAULT_BEFORE,
+        help="adapter folder inside characters/<id>/ measured first [%(default)s]",
+    )
+    compare.add_argument(
+        "--after",
+        default=DEFAULT_AFTER,
+        help="adapter folder inside characters/<id>/ compared with it [%(default)s]",
+    )
+    compare.add_argument(
+        "--out", type=Path, help="folder for adapters.md and adapters.json [docs/report/adapters]"
+    )
+    compare.add_argument("--quick", action="store_true", help="few prompts: a smoke run")
+    compare.add_argument("--prompts", type=int, help="held-out prompts per character [24]")
+    compare.add_argument(
+        "--spc",
+        type=Path,
+        default=DEFAULT_SPC,
+        help="Synthetic-Persona-Chat CSV for the damage guard (skipped if missing) [%(default)s]",
+    )
 
 
 def command_build(args: argparse.Namespace) -> int:
@@ -572,6 +612,52 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_eval_adapters(args: argparse.Namespace) -> int:
+    from bot.characters import CharacterRegistry
+    from finetune.eval_adapters import (
+        adapter_folder,
+        default_options,
+        headline_table,
+        run_eval_adapters,
+    )
+
+    config = load_config()
+    root = config.characters_path
+    registry = CharacterRegistry.load(root)
+    if args.characters:
+        characters = [registry.get(name) for name in args.characters]
+    else:
+        characters = [
+            c
+            for c in registry
+            if all(
+                (adapter_folder(root, c.id, name) / "adapter_config.json").is_file()
+                for name in (args.before, args.after)
+            )
+        ]
+        if not characters:
+            raise FinetuneError(
+                f"no character has both {args.before}/ and {args.after}/ adapters; name the "
+                f"characters, or train the after ones with `python -m finetune train ID "
+                f"--method dpo --out characters/ID/{args.after}`"
+            )
+    options = default_options(quick=args.quick, prompts=args.prompts)
+    out_dir = args.out or PROJECT_ROOT / "docs" / "report" / "adapters"
+    report = run_eval_adapters(
+        characters,
+        config=config,
+        out_dir=out_dir,
+        options=options,
+        before=args.before,
+        after=args.after,
+        others=registry,
+        spc_path=args.spc,
+    )
+    print(headline_table(report))
+    print(f"report: {out_dir / 'adapters.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
@@ -589,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare": command_compare,
         "samples": command_samples,
         "eval": command_eval,
+        "eval-adapters": command_eval_adapters,
     }
     try:
         return commands[args.command](args)

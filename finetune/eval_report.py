@@ -49,6 +49,17 @@ def _interval(outcomes: list[int]) -> list[float] | None:
     return None if math.isnan(low) else [low, high]
 
 
+def paired_difference(a: list[int], b: list[int]) -> dict[str, Any]:
+    """mean(b) - mean(a) over the same items, and its paired percentile-bootstrap interval (the
+    same items resampled for both; null without items)."""
+    if not a:
+        return {"difference": None, "interval": None}
+    low, high = metrics.bootstrap_difference(
+        a, b, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED, level=BOOTSTRAP_LEVEL
+    )
+    return {"difference": sum(b) / len(b) - sum(a) / len(a), "interval": [low, high]}
+
+
 def _pooled(by_character: dict[str, list[int]], order: list[str]) -> list[int]:
     """Every character's outcomes, characters in `order` (so two set-ups' items pair up)."""
     return [value for c in order for value in by_character.get(c, [])]
@@ -83,18 +94,7 @@ def confidence_intervals(outcomes: Outcomes) -> dict[str, Any]:
         for setup, by_character in attribution.items():
             if setup == REFERENCE_SETUP or not reference:
                 continue
-            other = _pooled(by_character, order)
-            low, high = metrics.bootstrap_difference(
-                reference,
-                other,
-                resamples=BOOTSTRAP_RESAMPLES,
-                seed=BOOTSTRAP_SEED,
-                level=BOOTSTRAP_LEVEL,
-            )
-            by_setup[setup] = {
-                "difference": sum(other) / len(other) - sum(reference) / len(reference),
-                "interval": [low, high],
-            }
+            by_setup[setup] = paired_difference(reference, _pooled(by_character, order))
         intervals["attribution_vs_reference"] = {"reference": REFERENCE_SETUP, "by_setup": by_setup}
     return intervals
 

@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,24 +147,36 @@ def collect_items(characters: list[Character], root: Path, options: EvalOptions)
     return items
 
 
+def prompt_setup_adapter(character_id: str, setup: str) -> str | None:
+    """The engine adapter a prompt set-up answers under: the character's own for card_adapter."""
+    return character_id if setup == "card_adapter" else None
+
+
 def answer_all(
     engine: InferenceEngine,
     characters: dict[str, Character],
     items: list[Item],
     config: Config,
     options: EvalOptions,
-    retriever: ExampleRetriever,
+    retriever: ExampleRetriever | None,
+    *,
+    setups: Sequence[str] = PROMPT_SETUPS,
+    adapter_of: Callable[[str, str], str | None] = prompt_setup_adapter,
 ) -> None:
-    """Fill `item.answers[setup]` for every item and set-up, in batches."""
+    """Fill `item.answers[setup]` for every item and set-up, in batches. `adapter_of(character
+    id, set-up)` names the engine adapter of each; a set-up other than PROMPT_SETUPS prompts
+    as card_adapter does (the full card; `variant`), and only card_retrieved needs `retriever`."""
     settings = SamplingSettings.from_config(
         config.generation, temperature=0.0, max_new_tokens=options.max_new_tokens
     )
     slots, jobs = [], []
     for item in items:
         character = characters[item.character]
-        for setup in PROMPT_SETUPS:
+        for setup in setups:
             card = variant(character, setup)
             if setup == "card_retrieved":
+                if retriever is None:
+                    raise ValueError("answer_all: card_retrieved needs a retriever")
                 card = retriever.with_examples(card, item.turns[-1].content, RETRIEVED_EXAMPLES)
             prompt = build_prompt(
                 card,
@@ -173,7 +186,7 @@ def answer_all(
                 budget=config.prompt.token_budget,
             )
             slots.append((item, setup))
-            adapter = character.id if setup == "card_adapter" else None
+            adapter = adapter_of(character.id, setup)
             jobs.append(Job(prompt.text, adapter, group=f"{character.id}/{setup == 'base'}"))
     results = generate_all(engine, jobs, settings, batch_size=options.batch_size, seed=options.seed)
     for (item, setup), result in zip(slots, results, strict=True):
@@ -288,6 +301,22 @@ def check_inputs(
             "no characters to evaluate: none has an adapter; train two or more with "
             "`python -m finetune train ID`"
         )
+    check_data(characters, root)
+    if not with_persona_chat:
+        return {}
+    skipped = skipped_persona_chat_sections(spc_path)
+    if skipped:
+        log.warning(
+            "Synthetic-Persona-Chat sections skipped (damage guard, persona-injection "
+            "protocol): %s",
+            next(iter(skipped.values())),
+        )
+    return skipped
+
+
+def check_data(characters: list[Character], root: Path) -> None:
+    """Refuse characters without built data, and fewer than 2 with training lines (the
+    attribution classifier tells characters apart by them)."""
     for character in characters:
         files = DatasetFiles.of(root, character.id)
         for path in (files.train, files.eval):
@@ -308,24 +337,19 @@ def check_inputs(
             f"got: {got}; give two or more character ids, or none for every character with "
             "an adapter"
         )
-    if not with_persona_chat:
-        return {}
-    skipped = skipped_persona_chat_sections(spc_path)
-    if skipped:
-        log.warning(
-            "Synthetic-Persona-Chat sections skipped (damage guard, persona-injection "
-            "protocol): %s",
-            next(iter(skipped.values())),
-        )
-    return skipped
 
 
-def skipped_persona_chat_sections(spc_path: Path | None) -> dict[str, str]:
-    """Why the Synthetic-Persona-Chat sections cannot run (section -> reason); {} if they can."""
+def skipped_persona_chat_sections(
+    spc_path: Path | None, *, command: str = "eval"
+) -> dict[str, str]:
+    """Why the Synthetic-Persona-Chat sections cannot run (section -> reason); {} if they can.
+    `command`: the finetune subcommand whose --spc the reason points at."""
     if spc_path is not None and spc_path.exists():
         return {}
     where = "no CSV given" if spc_path is None else f"no file at {spc_path}"
-    reason = f"{where}; pass the Synthetic-Persona-Chat CSV with `python -m finetune eval --spc`"
+    reason = (
+        f"{where}; pass the Synthetic-Persona-Chat CSV with `python -m finetune {command} --spc`"
+    )
     return dict.fromkeys(PERSONA_CHAT_SECTIONS, reason)
 
 
@@ -337,7 +361,13 @@ def load_engine(config: Config, characters: list[Character]) -> InferenceEngine:
 
 
 def attribution_section(
-    encoder: SentenceEncoder, ids: list[str], items: list[Item], root: Path, *, seed: int
+    encoder: SentenceEncoder,
+    ids: list[str],
+    items: list[Item],
+    root: Path,
+    *,
+    seed: int,
+    setups: Sequence[str] = SETUPS,
 ) -> tuple[dict[str, Any], dict[str, dict[str, list[int]]]]:
     """Who a classifier trained on the characters' training replies thinks said each answer:
     per set-up, the accuracy (all and per character) and the confusion matrix; and the
@@ -351,7 +381,7 @@ def attribution_section(
     gold = [item.character for item in held_out]
     attribution: dict[str, Any] = {}
     outcomes: dict[str, dict[str, list[int]]] = {}
-    for setup in SETUPS:
+    for setup in setups:
         answers = [item.answers[setup] or "..." for item in held_out]
         predicted = classifier.predict(encoder.encode(answers))
         right = [int(p == g) for p, g in zip(predicted, gold, strict=True)]
@@ -369,11 +399,13 @@ def _rate(outcomes: list[int]) -> float:
     return sum(outcomes) / len(outcomes) if outcomes else 0.0
 
 
-def probe_outcomes(ids: list[str], items: list[Item]) -> dict[str, dict[str, list[int]]]:
+def probe_outcomes(
+    ids: list[str], items: list[Item], setups: Sequence[str] = SETUPS
+) -> dict[str, dict[str, list[int]]]:
     """Per set-up and character, 1 where the answer passed the rule probe, else 0, per probe in
     item order (characters without probes left out)."""
-    outcomes: dict[str, dict[str, list[int]]] = {setup: {} for setup in SETUPS}
-    for setup in SETUPS:
+    outcomes: dict[str, dict[str, list[int]]] = {setup: {} for setup in setups}
+    for setup in setups:
         for c in ids:
             mine = [item for item in items if item.character == c and item.probe is not None]
             if mine:
@@ -418,10 +450,7 @@ def likelihood_section(
     ppl: dict[str, dict[str, float]] = {}
     for character in characters:
         c = character.id
-        records = read_records(DatasetFiles.of(root, c).eval)[: options.likelihood_lines]
-        examples, _ = encode_all(
-            records, character, engine.tokenizer, max_seq_len=LIKELIHOOD_MAX_SEQ_LEN
-        )
+        examples = held_out_examples(engine, character, root, options)
         ppl[c] = {a: perplexity_under(engine, a, examples, options.batch_size) for a in ids}
         ppl[c]["base"] = perplexity_under(engine, None, examples, options.batch_size)
     hits = metrics.hits_at_1(
@@ -430,6 +459,18 @@ def likelihood_section(
         higher_is_better=False,
     )
     return {"perplexity": ppl, "own_adapter_hits_at_1": hits}
+
+
+def held_out_examples(
+    engine: InferenceEngine, character: Character, root: Path, options: EvalOptions
+) -> list[EncodedExample]:
+    """The character's first `options.likelihood_lines` held-out lines, encoded as its adapter
+    trained on them (LIKELIHOOD_MAX_SEQ_LEN)."""
+    records = read_records(DatasetFiles.of(root, character.id).eval)[: options.likelihood_lines]
+    examples, _ = encode_all(
+        records, character, engine.tokenizer, max_seq_len=LIKELIHOOD_MAX_SEQ_LEN
+    )
+    return examples
 
 
 def run_likelihood(

@@ -74,7 +74,8 @@ class DpoRecipe(BaseModel):
     batch_size: int = Field(4, ge=1)  # pairs per micro-batch
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
-    max_seq_len: int = Field(1536, ge=64)  # prompt + reply tokens; longer pairs are left out
+    # Prompt + reply tokens (the prompt budget is 1536); longer pairs are left out, not cut.
+    max_seq_len: int = Field(2048, ge=64)
     # How far the policy may move from the reference (the adapter it starts from): DPO's beta.
     beta: float = Field(0.1, gt=0)
     eval_fraction: float = Field(0.15, ge=0, lt=1)  # pairs held out for reward accuracy
