@@ -141,6 +141,8 @@ class DiscordConfig(_Section):
     stream_interval: float = Field(1.0, ge=0.5, le=10.0)
     user_cooldown_seconds: float = Field(3.0, ge=0.0, le=3600.0)
     channel_queue_limit: int = Field(3, ge=1, le=100)  # replies pending per channel
+    # Buttons under every character reply: another answer (🔄), browse (◀ ▶), votes (👍 👎).
+    buttons: bool = True
 
 
 class Config(_Section):

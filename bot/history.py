@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +137,31 @@ class HistoryStore:
 
     async def count(self, channel_id: str | int) -> int:
         return int(await self.redis.llen(self.key(channel_id)))
+
+    async def is_last(self, channel_id: str | int, turn: Turn) -> bool:
+        """Whether `turn` (same JSON, timestamp included) is still the channel's newest turn."""
+        return await self.redis.lindex(self.key(channel_id), -1) == turn.to_json()
+
+    async def replace_last(self, channel_id: str | int, expected: Turn, new: Turn) -> bool:
+        """Replace the channel's newest turn with `new` if it is still exactly `expected` (same
+        JSON, timestamp included); False when the conversation has moved on (or was cleared).
+
+        Atomic: WATCH makes the check and the LSET one decision, retried when another client
+        changed the list in between. The expiry is refreshed as by `append`."""
+        key = self.key(channel_id)
+        want = expected.to_json()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    if await pipe.lindex(key, -1) != want:
+                        await pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.lset(key, -1, new.to_json())
+                    if self.ttl_seconds:
+                        pipe.expire(key, self.ttl_seconds)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue  # the list changed between the check and the write: look again

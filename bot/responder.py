@@ -74,6 +74,17 @@ class Reply:
         )
 
 
+@dataclass(frozen=True)
+class Sample:
+    """What sampling a prompt gave: the text to post and how it was chosen (see Reply)."""
+
+    text: str
+    result: GenerationResult
+    broken: tuple[Violation, ...] = ()
+    guard_action: str = ""
+    candidates: tuple[Candidate, ...] = ()
+
+
 def clean_character_reply(
     character: Character,
     text: str,
@@ -156,6 +167,12 @@ class Responder:
         """Whether replies can be shown while generated (one candidate: it is the reply)."""
         return self.candidates == 1
 
+    @property
+    def uses_levers(self) -> bool:
+        """Whether replies need the bare prompt (persona guidance, or several candidates to
+        score): who stores a prompt to answer it again stores that too."""
+        return self.settings.persona_guidance != 1.0 or self.candidates > 1
+
     async def respond(
         self,
         character: Character,
@@ -166,16 +183,89 @@ class Responder:
     ) -> Reply:
         """`character`'s reply to `message` (already in `prompt`); `on_text` gets the raw text so
         far while it is generated, when only one candidate is sampled (it may start over)."""
-        authors = [message.author, *(t.author for t in history)]
-        settings = self.settings
-        levers = settings.persona_guidance != 1.0 or self.candidates > 1
-        bare = bare_prompt(prompt, self.tokenizer) if levers else None
+        bare = bare_prompt(prompt, self.tokenizer) if self.uses_levers else None
+        sample = await self._sample(
+            character,
+            prompt.text,
+            message,
+            authors=[message.author, *(t.author for t in history)],
+            said=[t.content for t in history if t.role == "character"],
+            bare=bare,
+            fallback_seed=len(history),
+            settings=self.settings,
+            on_text=on_text,
+        )
+        return Reply(
+            character,
+            sample.text,
+            prompt,
+            sample.result,
+            message,
+            sample.broken,
+            sample.guard_action,
+            sample.candidates,
+        )
+
+    async def answer_again(
+        self,
+        character: Character,
+        prompt_text: str,
+        message: Turn,
+        *,
+        authors: Sequence[str],
+        said: Sequence[str],
+        bare: str | None,
+        fallback_seed: int,
+        seed: int,
+    ) -> Sample:
+        """Another answer to a prompt answered before ("another answer" in Discord): sampled at
+        `generation.temperature` but at least RESAMPLE_TEMPERATURE, seeded with `seed` (fresh
+        for every call, so that it differs even when the config fixes the seed), with the same
+        candidates, guards and fallback as `respond`. `authors`, `said` and `fallback_seed`
+        stand for the history the prompt was built from (its speakers, the character's own
+        lines, its length); `bare` is the prompt without the card (needed when `uses_levers`)."""
+        if self.uses_levers and bare is None:
+            raise ValueError(
+                "this responder uses persona guidance or several candidates, which need the "
+                "bare prompt (the conversation without the card); none was given"
+            )
+        settings = replace(
+            self.settings,
+            temperature=max(self.settings.temperature, RESAMPLE_TEMPERATURE),
+            seed=seed,
+        )
+        return await self._sample(
+            character,
+            prompt_text,
+            message,
+            authors=list(authors),
+            said=list(said),
+            bare=bare,
+            fallback_seed=fallback_seed,
+            settings=settings,
+            on_text=None,
+        )
+
+    async def _sample(
+        self,
+        character: Character,
+        prompt_text: str,
+        message: Turn,
+        *,
+        authors: list[str],
+        said: list[str],
+        bare: str | None,
+        fallback_seed: int,
+        settings: SamplingSettings,
+        on_text: TextCallback | None,
+    ) -> Sample:
+        """Sample, clean, check the guards, score; resample once, then fall back (see the class)."""
         broken: list[Violation] = []
         candidates: list[Candidate] = []
         for attempt in range(GUARD_ATTEMPTS):
             stream = on_text if attempt == 0 and self.streams else None
             request = GenerationRequest(
-                prompt.text, settings, character.id, stream, bare_prompt=bare
+                prompt_text, settings, character.id, stream, bare_prompt=bare
             )
             # One request per candidate, sent together: the batcher runs them as rows of one
             # batch, and the engine runs the prompt they share once.
@@ -183,35 +273,36 @@ class Responder:
                 *(self.backend.generate(request) for _ in range(self.candidates))
             )
             candidates = [
-                self._candidate(character, message, result, authors, len(history))
+                self._candidate(character, message, result, authors, fallback_seed)
                 for result in results
             ]
             passing = [i for i, c in enumerate(candidates) if not c.broken]
             if passing:
                 if len(passing) > 1:
-                    scored = await self._scored(
-                        character, prompt, bare, message, history, [candidates[i] for i in passing]
+                    chosen_ones = [candidates[i] for i in passing]
+                    scored = await self._score(
+                        character, prompt_text, bare, message, said, chosen_ones
                     )
                     for i, candidate in zip(passing, scored, strict=True):
                         candidates[i] = candidate
                 # The first of the best: with one candidate, it is the reply.
                 chosen = max((candidates[i] for i in passing), key=lambda c: c.score or 0.0)
-                return Reply(
-                    character,
+                return Sample(
                     chosen.text,
-                    prompt,
                     chosen.result,
-                    message,
                     tuple(broken),
                     "resampled" if broken else "",
                     tuple(candidates),
                 )
             broken += [v for c in candidates for v in c.broken]
-            # Greedy decoding would say the same again: the second try samples.
+            # Greedy decoding would say the same again: the second try samples (and a seeded
+            # request, with the same seed, would too: it moves on to the next seed).
             settings = replace(
-                settings, temperature=max(settings.temperature, RESAMPLE_TEMPERATURE)
+                settings,
+                temperature=max(settings.temperature, RESAMPLE_TEMPERATURE),
+                seed=None if settings.seed is None else settings.seed + 1,
             )
-        text = guarded_fallback(character, message.content, broken, seed=len(history))
+        text = guarded_fallback(character, message.content, broken, seed=fallback_seed)
         reasons = "; ".join(sorted({v.reason for v in broken}))
         log.info(
             "%s: %d samples broke a guard (%s); answered %r",
@@ -221,9 +312,7 @@ class Responder:
             text,
         )
         last = candidates[0].result
-        return Reply(
-            character, text, prompt, last, message, tuple(broken), "fallback", tuple(candidates)
-        )
+        return Sample(text, last, tuple(broken), "fallback", tuple(candidates))
 
     def _candidate(
         self,
@@ -253,14 +342,25 @@ class Responder:
         candidates: list[Candidate],
     ) -> list[Candidate]:
         """The candidates with their persona scores, from one batched scoring pass."""
+        said = [t.content for t in history if t.role == "character"]
+        return await self._score(character, prompt.text, bare, message, said, candidates)
+
+    async def _score(
+        self,
+        character: Character,
+        prompt_text: str,
+        bare: str,
+        message: Turn,
+        said: list[str],
+        candidates: list[Candidate],
+    ) -> list[Candidate]:
         rows = []
         for candidate in candidates:
             rows += [
-                ScoreRequest(prompt.text, candidate.text, character.id),
+                ScoreRequest(prompt_text, candidate.text, character.id),
                 ScoreRequest(bare, candidate.text, None),
             ]
         scores = await self.backend.score(rows)
-        said = [t.content for t in history if t.role == "character"]
         scored = []
         for i, candidate in enumerate(candidates):
             own, base = scores[2 * i], scores[2 * i + 1]

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 from bot.characters import Character, CharacterRegistry
 from bot.chat import ChatService
 from bot.config import EMBEDDED_MODEL, Config
+from bot.feedback import FeedbackService
 from bot.generation import BackendStatus, GenerationBackend, ReloadOutcome
 from bot.history import HistoryStore
+from bot.preferences import PreferenceStore
 from bot.presence import PresenceStore
 from bot.redis_connection import RedisConnection, connect_redis
 
@@ -42,6 +44,8 @@ class Services:
     backend: GenerationBackend
     chat: ChatService
     presence: PresenceStore
+    preferences: PreferenceStore  # votes and kept answers, for fine-tuning
+    feedback: FeedbackService  # "another answer" and votes on replies
 
     async def reload_adapter(self, character: Character) -> list[ReloadOutcome]:
         """Load the character's adapter anew wherever the model runs; a refusal keeps the old."""
@@ -107,7 +111,19 @@ async def open_services(
         retriever=retriever,
     )
     presence = PresenceStore(redis.client, key_prefix=key_prefix)
-    return Services(config, registry, redis, history, backend, chat, presence)
+    preferences = PreferenceStore(redis.client, key_prefix=key_prefix)
+    feedback = FeedbackService(
+        redis=redis.client,
+        registry=registry,
+        history=history,
+        responder=chat.responder,
+        preferences=preferences,
+        characters_dir=config.characters_path,
+        key_prefix=key_prefix,
+    )
+    return Services(
+        config, registry, redis, history, backend, chat, presence, preferences, feedback
+    )
 
 
 async def open_backend(

@@ -17,6 +17,7 @@ import discord
 from discord.ext import commands
 
 from bot.characters import Character
+from bot.discord_app.buttons import reply_view
 from bot.discord_app.client import CharacterBot
 from bot.discord_app.cog import ServicesCog
 from bot.discord_app.limits import ChannelQueue, Cooldown, NoticeThrottle
@@ -216,9 +217,17 @@ class Chat(ServicesCog):
             return
 
         chunks = speaker.chunks(channel, character, reply.text)
+        # The buttons go on the reply's last message. A reply split over several messages gets
+        # the votes only: an alternative replaces the text of one message, so it must fit one.
+        state_id = view = None
+        if self.bot.config.discord.buttons:
+            state_id = services.feedback.new_state_id()
+            view = reply_view(state_id, swipeable=len(chunks) == 1)
         try:
             sent = await (
-                live.finish(reply.text) if live else speaker.send(channel, character, reply.text)
+                live.finish(reply.text, view=view)
+                if live
+                else speaker.send(channel, character, reply.text, view=view)
             )
         except SendFailed as exc:
             sent = exc.sent
@@ -233,7 +242,19 @@ class Chat(ServicesCog):
         # Memory holds what the channel shows: the chunks that were posted.
         shown = reply.text if len(sent) >= len(chunks) else "\n".join(chunks[: len(sent)])
         try:
-            await services.chat.remember(channel.id, reply, shown)
+            if state_id is not None and len(sent) >= len(chunks):
+                # The buttons are shown: remember the exchange with what they need.
+                await services.feedback.posted(
+                    state_id,
+                    channel.id,
+                    reply,
+                    shown=shown,
+                    message_id=sent[-1].id,
+                    webhook_id=sent[-1].webhook_id,
+                    swipeable=len(chunks) == 1,
+                )
+            else:
+                await services.chat.remember(channel.id, reply, shown)
             await services.presence.spoke(channel.id, character.id, [m.id for m in sent])
         except STORE_ERRORS as exc:
             log.error(

@@ -41,8 +41,12 @@ class ConfirmForget(discord.ui.View):
         self.confirmed = True
         bot: CharacterBot = interaction.client  # type: ignore[assignment]
         removed = await bot.services.chat.forget(interaction.channel_id)
+        # Votes and kept answers made here go too (they hold the conversation's prompts).
+        records = await bot.services.feedback.forget_channel(interaction.channel_id)
         await interaction.response.edit_message(
-            content=f"Done: this channel's memory is empty ({removed} turns forgotten).", view=None
+            content=f"Done: this channel's memory is empty ({removed} turns forgotten, "
+            f"{records} votes and answer choices removed).",
+            view=None,
         )
         self.stop()
 
@@ -57,11 +61,13 @@ class Memory(ServicesCog):
     @app_commands.command(name="forget", description="Clear what the characters remember here")
     async def forget(self, interaction: discord.Interaction) -> None:
         count = await self.services.chat.remembered_count(interaction.channel_id)
-        if not count:
+        records = await self.services.feedback.remembered_records(interaction.channel_id)
+        if not count and not records:
             await interaction.response.send_message("There is nothing to forget.", ephemeral=True)
             return
         await interaction.response.send_message(
-            f"Forget the {count} remembered turns of this channel? This cannot be undone.",
+            f"Forget the {count} remembered turns of this channel, and the {records} votes and "
+            "answer choices made here? This cannot be undone.",
             view=ConfirmForget(interaction.user.id),
             ephemeral=True,
         )

@@ -12,6 +12,12 @@ makes is recorded for the tests to inspect; a route the fake does not know fails
     await fake.slash("summon", character="goku")
     await fake.send_message("hi!", mentions_bot=True)
     fake.channel_messages(fake.channel_id)
+    await fake.press(message["id"], fake.buttons(message)[0])   # a button under a message
+
+Component presses arrive as INTERACTION_CREATE type 3 (`click` for buttons of interaction
+responses, `press` for buttons of messages the bot posted, by webhook or as itself); their
+answers are recorded with the other interaction responses (`interaction_responses`,
+`ephemeral_messages`), the message edits they make in the message's `edits`.
 
 Faults: `fake.fail("webhook_send", 500, 0)` makes the next webhook post fail as Discord would
 (after discord.py's own retries); `fake.delete_message(id)` is a moderator deleting a message.
@@ -39,7 +45,13 @@ from discord_double.payloads import DiscordPayloads
 
 EPHEMERAL = 64
 # Tasks discord.py starts for one event; waiting for them means the event was fully handled.
-EVENT_TASKS = ("discord.py:", "CommandTree-invoker", "discord-ui-view-dispatch", "live-reply")
+EVENT_TASKS = (
+    "discord.py:",
+    "CommandTree-invoker",
+    "discord-ui-view-dispatch",
+    "discord-ui-dynamic-item",  # presses of persistent (DynamicItem) buttons
+    "live-reply",
+)
 APP_OPTION_TYPES = {str: 3, int: 4, bool: 5, float: 10}
 # What `fail` can break; "message_delete" covers the bot's and the webhook's delete routes.
 FAULT_OPERATIONS = frozenset(
@@ -52,6 +64,7 @@ FAULT_OPERATIONS = frozenset(
         "message_delete",
     }
 )
+WEBHOOK_DEFAULT_NAME = "Character bot"
 MAX_WEBHOOKS_PER_CHANNEL = 15  # Discord's limit; one more is 400 code 30007
 # What a bot may do in a DM (no server, so no Manage Webhooks).
 
@@ -297,6 +310,49 @@ class FakeDiscord(DiscordPayloads):
         payload["message"] = message
         await self._dispatch("INTERACTION_CREATE", payload)
 
+    async def press(
+        self,
+        message_id: int,
+        custom_id: str,
+        *,
+        user_id: int | None = None,
+        channel_id: int | None = None,
+    ) -> None:
+        """A person presses a button under a message the bot posted (by webhook or as itself),
+        as it shows now. `channel_id` (default: the message's) is where Discord says the press
+        came from."""
+        message = self._message(message_id)
+        if custom_id not in self.buttons(message):
+            raise AssertionError(f"message {message_id} has no button {custom_id!r}")
+        payload = {
+            **self._message_base(message_id, message["channel_id"], self.visible_text(message)),
+            "components": message["components"],
+            "application_id": str(self.application_id),
+        }
+        if message["webhook_id"] is not None:
+            payload["author"] = self._webhook_author(message["webhook_id"], message["username"])
+            payload["webhook_id"] = str(message["webhook_id"])
+        else:
+            payload["author"] = self.user_payload(self.bot_user_id)
+        data = {"custom_id": custom_id, "component_type": 2}
+        interaction = self._interaction(3, data, user_id, channel_id or message["channel_id"])
+        interaction["message"] = payload
+        await self._dispatch("INTERACTION_CREATE", interaction)
+
+    @staticmethod
+    def buttons(message: dict) -> list[str]:
+        """The custom ids of a message's buttons, as it shows now (disabled ones included)."""
+        return [
+            c["custom_id"]
+            for row in message["components"]
+            for c in row.get("components", [])
+            if c.get("type") == 2 and "custom_id" in c
+        ]
+
+    def ephemeral_messages(self) -> list[str]:
+        """What only the person who acted saw (ephemeral responses and follow-ups), in order."""
+        return [r["content"] for r in self._responses if r["ephemeral"] and r["content"]]
+
     def expire_webhooks(self) -> None:
         """Someone deletes the bot's webhooks in the server settings."""
         self._webhooks.clear()
@@ -421,6 +477,7 @@ class FakeDiscord(DiscordPayloads):
                 "allowed_mentions": payload.get("allowed_mentions"),
                 "reference": (payload.get("message_reference") or {}).get("message_id"),
                 "edits": [],
+                "components": payload.get("components", []),  # as now shown (edits update it)
                 "thread_id": None,
                 "webhook_id": None,
                 "deleted": False,
@@ -431,6 +488,23 @@ class FakeDiscord(DiscordPayloads):
         return {
             **self._message_base(message_id, channel_id, payload.get("content", "")),
             "author": self.user_payload(self.bot_user_id),
+            "components": payload.get("components", []),
+        }
+
+    @staticmethod
+    def _edited(message: dict, body: dict) -> None:
+        """Apply an edit: the text when given, the buttons when given (else both stay)."""
+        message["edits"].append(body.get("content", FakeDiscord.visible_text(message)))
+        if "components" in body:
+            message["components"] = body["components"] or []
+
+    def _webhook_author(self, webhook_id: int, username: str | None) -> dict:
+        return {
+            "id": str(webhook_id),
+            "username": username or WEBHOOK_DEFAULT_NAME,
+            "discriminator": "0000",
+            "avatar": None,
+            "bot": True,
         }
 
     def _message(self, message_id: int, *, webhook_id: int | None = None) -> dict:
@@ -487,10 +561,11 @@ class FakeDiscord(DiscordPayloads):
                 raise http_error(
                     discord.Forbidden, 403, 50005, "Cannot edit a message authored by another user"
                 )
-            message["edits"].append(body["content"])
+            self._edited(message, body)
             return {
-                **self._message_base(int(match[2]), int(match[1]), body["content"]),
+                **self._message_base(int(match[2]), int(match[1]), self.visible_text(message)),
                 "author": self.user_payload(self.bot_user_id),
+                "components": message["components"],
             }
         if match := re.fullmatch(r"/channels/(\d+)/webhooks", path):
             channel_id = int(match[1])
@@ -560,7 +635,8 @@ class FakeDiscord(DiscordPayloads):
         payload = payload or {}
         if match := re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", path):
             token = match[2]
-            kind = {7: "update", 8: "autocomplete", 5: "defer"}.get(payload["type"], "response")
+            kinds = {5: "defer", 6: "defer_update", 7: "update", 8: "autocomplete"}
+            kind = kinds.get(payload["type"], "response")
             message_id = self._respond(kind, token, payload)
             resource: dict[str, Any] = {"type": payload["type"]}
             if payload["type"] in (4, 5, 7):
@@ -601,8 +677,8 @@ class FakeDiscord(DiscordPayloads):
             return None
         if route.method == "PATCH" and message_id:
             message = self._message(int(message_id), webhook_id=webhook_id)
-            message["edits"].append(payload["content"])
-            content = payload["content"]
+            self._edited(message, payload)
+            content = self.visible_text(message)
         elif route.method == "POST" and message_id is None:
             message = self._posted(
                 channel_id,
@@ -613,19 +689,15 @@ class FakeDiscord(DiscordPayloads):
                 thread_id=thread_id,
                 webhook_id=webhook_id,
             )
+            message = self._message(int(message["id"]), webhook_id=webhook_id)
             message_id, content = message["id"], message["content"]
         else:
             raise NotImplementedError(f"FakeDiscord has no webhook route {route.method} {path}")
         return {
             **self._message_base(int(message_id), channel_id, content),
-            "author": {
-                "id": str(webhook_id),
-                "username": payload.get("username") or webhook["name"],
-                "discriminator": "0000",
-                "avatar": None,
-                "bot": True,
-            },
+            "author": self._webhook_author(webhook_id, message["username"] or webhook["name"]),
             "webhook_id": str(webhook_id),
+            "components": message["components"],
         }
 
 

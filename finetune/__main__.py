@@ -279,6 +279,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     samples.add_argument("character", help="character id, name or alias")
     samples.add_argument("messages", nargs="+", metavar="MESSAGE")
     samples.add_argument("-n", type=int, default=5, help="samples per message and set-up [5]")
+    samples.add_argument(
+        "--after-adapter",
+        type=Path,
+        metavar="DIR",
+        help="compare adapters instead: the character's own (before) and DIR (after, e.g. "
+        "characters/<id>/adapter-dpo), both without the serving levers",
+    )
 
     evaluate = sub.add_parser(
         "eval",
@@ -554,12 +561,23 @@ def command_samples(args: argparse.Namespace) -> int:
     config = load_config()
     registry = CharacterRegistry.load(config.characters_path)
     character = registry.get(args.character)
-    rows = sample_answers(config, registry, character, args.messages, args.n)
+    after = args.after_adapter
+    if after is not None and not (after / "adapter_config.json").is_file():
+        raise FinetuneError(f"--after-adapter {after}: no adapter there (no adapter_config.json)")
+    if after is not None and character.adapter_path is None:
+        raise FinetuneError(f"{character.id} has no adapter of its own to compare {after} with")
+    rows = sample_answers(config, registry, character, args.messages, args.n, after)
     generation = config.generation
-    print(
-        f"after: candidates {generation.candidates}, persona_guidance "
-        f"{generation.persona_guidance}, rule guards; temperature {generation.temperature}"
-    )
+    if after is None:
+        print(
+            f"after: candidates {generation.candidates}, persona_guidance "
+            f"{generation.persona_guidance}, rule guards; temperature {generation.temperature}"
+        )
+    else:
+        print(
+            f"before: {character.adapter_path}; after: {after}; both one sample, no guards, "
+            f"no guidance; temperature {generation.temperature}"
+        )
     for message in args.messages:
         print(f"\n> {message}")
         for setup in ("before", "after"):

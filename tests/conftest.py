@@ -120,6 +120,7 @@ MODEL_FIXTURES = {"engine", "clean_engine", "batcher", "random_adapters"}
 MODEL_LOADERS = (
     "= train(",  # finetune.train.train loads the base model itself
     "train_dpo(",
+    "run_synth(",
     '"train-persona-chat"',
     "InferenceEngine.from_config",
     "load_encoder(",

@@ -12,7 +12,7 @@ from bot.history import Turn
 from bot.prompt import build_prompt
 from finetune.__main__ import main
 from finetune.dpo import split_pairs, train_dpo
-from finetune.preference_data import PreferencePair
+from finetune.preference_data import PreferencePair, read_pairs
 from finetune.recipe import DpoRecipe, RecipeError, load_recipe
 from finetune.synthesize import (
     IDENTITY_QUESTIONS,
@@ -113,7 +113,9 @@ def cast_config(tmp_path, monkeypatch):
 
     chars = tmp_path / "characters"
     shutil.copytree(
-        PROJECT_ROOT / "characters" / "goku", chars / "goku", ignore=shutil.ignore_patterns("ad*")
+        PROJECT_ROOT / "characters" / "goku",
+        chars / "goku",
+        ignore=shutil.ignore_patterns("adapter*", "preferences"),
     )
     config = tmp_path / "config.yaml"
     config.write_text(f"characters_dir: {chars}\ndata_dir: {tmp_path / 'data'}\n")
@@ -217,3 +219,34 @@ def test_dpo_lowers_the_loss_and_raises_reward_accuracy_on_held_out_pairs(
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == (
         config.model.base
     )
+
+
+def test_synth_writes_rule_and_contrast_pairs_with_a_card(goku, config, tmp_path):
+    """On the embedded model, with Goku's own adapter and Light's as the other in the cast."""
+    from finetune.preferences import run_synth
+    from finetune.synthesize import SynthOptions
+
+    registry = CharacterRegistry.load(PROJECT_ROOT / "characters")
+    cast = CharacterRegistry([registry.get("goku"), registry.get("light")])
+    options = SynthOptions(contexts=1, samples=2, contrast=3, max_new_tokens=24)
+    out = tmp_path / "synthetic.jsonl"
+    result, path = run_synth(config, cast, cast.get("goku"), options, out)
+    assert path == out
+    pairs = read_pairs(out, "goku")
+    assert pairs == result.pairs
+    rules = [p for p in pairs if p.source == "rule"]
+    contrast = [p for p in pairs if p.source == "contrast"]
+    assert 1 <= len(contrast) <= 3 and all(p.detail == "light answered" for p in contrast)
+    # Every rejected rule answer breaks its rule's guard; every chosen one breaks none.
+    for pair in rules:
+        index = next((i for i, r in enumerate(goku.rules) if r.rule == pair.detail), None)
+        message = pair.prompt.rsplit("<|im_start|>user\n", 1)[1].split("<|im_end|>")[0]
+        prompt = RulePrompt(index, pair.detail, message, pair.prompt, ("User",), ())
+        assert judge(goku, prompt, pair.rejected) == "broke"
+        assert judge(goku, prompt, pair.chosen) == "passed"
+    samples = sum(result.samples.values())
+    assert samples > 0
+    card = out.with_suffix(".md").read_text()
+    assert f"- pairs: {len(pairs)} over" in card
+    assert f"- contrast: {len(contrast)}" in card
+    assert "samples that broke the rule's guard" in card

@@ -17,7 +17,7 @@ from bot.services import Services, open_services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.summon", "cogs.chat", "cogs.memory", "cogs.admin")
+EXTENSIONS = ("cogs.summon", "cogs.chat", "cogs.feedback", "cogs.memory", "cogs.admin")
 GENERIC_ERROR = "Sorry, something went wrong with that command. It has been logged for the admins."
 
 

@@ -153,7 +153,11 @@ class Speaker:
             return webhook
 
     async def _via_webhook(
-        self, channel: Channel, character: Character, content: str
+        self,
+        channel: Channel,
+        character: Character,
+        content: str,
+        view: discord.ui.View | None = None,
     ) -> discord.Message:
         parent = self._parent(channel)
         kwargs = {
@@ -162,6 +166,8 @@ class Speaker:
             "allowed_mentions": NO_PINGS,
             "wait": True,
         }
+        if view is not None:  # the bot's own webhooks may carry buttons (application-owned)
+            kwargs["view"] = view
         if isinstance(channel, discord.Thread):
             kwargs["thread"] = channel
         webhook = await self._webhook(parent)
@@ -192,14 +198,20 @@ class Speaker:
         return f"**{character.name}**: "
 
     async def send_one(
-        self, channel: Channel, character: Character, content: str
+        self,
+        channel: Channel,
+        character: Character,
+        content: str,
+        *,
+        view: discord.ui.View | None = None,
     ) -> discord.Message:
         """Post one message (within `limit_for`) as the character, by the first route that
-        works; raises `SendFailed` (with `sent=[]`) when none does."""
+        works, with `view`'s buttons if given; raises `SendFailed` (with `sent=[]`) when none
+        does."""
         webhook_failure = ""
         if self.can_use_webhooks(channel):
             try:
-                return await self._via_webhook(channel, character, content)
+                return await self._via_webhook(channel, character, content, view)
             except DELIVERY_ERRORS as error:
                 parent = self._parent(channel)
                 webhook_failure = f"webhook: {describe(error)}; "
@@ -217,8 +229,11 @@ class Speaker:
                         parent,
                         describe(error),
                     )
+        extra = {} if view is None else {"view": view}
         try:
-            return await channel.send(self._label(character) + content, allowed_mentions=NO_PINGS)
+            return await channel.send(
+                self._label(character) + content, allowed_mentions=NO_PINGS, **extra
+            )
         except DELIVERY_ERRORS as error:
             raise SendFailed(
                 f"Could not post {character.name}'s message in channel {channel.id} "
@@ -226,12 +241,18 @@ class Speaker:
             ) from error
 
     async def send(
-        self, channel: Channel, character: Character, text: str
+        self,
+        channel: Channel,
+        character: Character,
+        text: str,
+        *,
+        view: discord.ui.View | None = None,
     ) -> list[discord.Message]:
-        """Post `text` as the character, split for Discord's limit. If a part fails by every
-        route, raises `SendFailed` whose `sent` holds the parts posted before it."""
+        """Post `text` as the character, split for Discord's limit, `view`'s buttons on the last
+        part. If a part fails by every route, raises `SendFailed` whose `sent` holds the parts
+        posted before it."""
         chunks = self.chunks(channel, character, text)
-        return await self._send_chunks(channel, character, chunks, [])
+        return await self._send_chunks(channel, character, chunks, [], view)
 
     async def _send_chunks(
         self,
@@ -239,23 +260,80 @@ class Speaker:
         character: Character,
         chunks: Sequence[str],
         sent: list[discord.Message],
+        view: discord.ui.View | None = None,
     ) -> list[discord.Message]:
-        """Post `chunks` after the messages already `sent`; returns them all."""
+        """Post `chunks` after the messages already `sent` (`view` on the last); returns them
+        all."""
         total = len(sent) + len(chunks)
-        for chunk in chunks:
+        for i, chunk in enumerate(chunks):
+            last = view if i == len(chunks) - 1 else None
             try:
-                sent.append(await self.send_one(channel, character, chunk))
+                sent.append(await self.send_one(channel, character, chunk, view=last))
             except SendFailed as error:
                 raise SendFailed(f"Part {len(sent) + 1} of {total}: {error}", sent) from error
         return sent
 
-    async def edit(self, message: discord.Message, character: Character, content: str) -> None:
-        """Replace a message's text; raises discord.HTTPException (and network errors) on
-        failure, e.g. NotFound code 10008 when someone deleted the message."""
+    async def edit(
+        self,
+        message: discord.Message,
+        character: Character,
+        content: str,
+        *,
+        view: discord.ui.View | None = None,
+    ) -> None:
+        """Replace a message's text (and its buttons, with `view`; without, they stay); raises
+        discord.HTTPException (and network errors) on failure, e.g. NotFound code 10008 when
+        someone deleted the message."""
+        extra = {} if view is None else {"view": view}
         if isinstance(message, discord.WebhookMessage):
-            await message.edit(content=content, allowed_mentions=NO_PINGS)
+            await message.edit(content=content, allowed_mentions=NO_PINGS, **extra)
         else:
-            await message.edit(content=self._label(character) + content, allowed_mentions=NO_PINGS)
+            await message.edit(
+                content=self._label(character) + content, allowed_mentions=NO_PINGS, **extra
+            )
+
+    async def edit_posted(
+        self,
+        channel: Channel,
+        message_id: int,
+        webhook_id: int | None,
+        character: Character,
+        content: str,
+        *,
+        view: discord.ui.View | None = None,
+    ) -> None:
+        """Replace the text of a message posted earlier (maybe by an earlier run), knowing only
+        its id: through the webhook `webhook_id` that posted it, else as the bot's own message
+        (with the bold name). Raises SendFailed when that webhook is gone, and what `edit`
+        raises."""
+        extra = {} if view is None else {"view": view}
+        if webhook_id is None:
+            message = channel.get_partial_message(message_id)
+            await message.edit(
+                content=self._label(character) + content, allowed_mentions=NO_PINGS, **extra
+            )
+            return
+        webhook = await self._webhook_by_id(self._parent(channel), webhook_id)
+        if isinstance(channel, discord.Thread):
+            extra["thread"] = channel
+        await webhook.edit_message(message_id, content=content, allowed_mentions=NO_PINGS, **extra)
+
+    async def _webhook_by_id(self, parent: discord.TextChannel, webhook_id: int) -> discord.Webhook:
+        """The channel's webhook with that id and its token: the cached one, else looked up."""
+        cached = self._webhooks.get(parent.id)
+        if cached is not None and cached.id == webhook_id:
+            return cached
+        if not isinstance(parent, discord.TextChannel):
+            raise SendFailed(f"channel {parent.id} has no webhooks to edit message with")
+        for webhook in await parent.webhooks():
+            if webhook.id == webhook_id and webhook.token:
+                if cached is None and webhook.user == self.client.user:
+                    self._webhooks[parent.id] = webhook
+                return webhook
+        raise SendFailed(
+            f"the webhook {webhook_id} that posted the message in #{parent} is gone, so the "
+            "message can no longer be edited"
+        )
 
     async def delete(self, message: discord.Message) -> bool:
         """Delete a message the bot posted; True when it is gone (also if it already was)."""
@@ -380,8 +458,11 @@ class LiveReply:
             await self.speaker.delete(self._message)
             self._message, self._shown = None, ""
 
-    async def finish(self, text: str) -> list[discord.Message]:
-        """Stop streaming and show the final text once; returns every message of the reply.
+    async def finish(
+        self, text: str, *, view: discord.ui.View | None = None
+    ) -> list[discord.Message]:
+        """Stop streaming and show the final text once, `view`'s buttons on its last message
+        (the final edit, or the last part posted); returns every message of the reply.
         Raises `SendFailed` (with the parts posted) when the text could not be shown."""
         await self._stop()
         chunks = self._chunks(text)
@@ -390,11 +471,15 @@ class LiveReply:
             return []
         try:
             if self._message is None:
-                return await self.speaker._send_chunks(self.channel, self.character, chunks, [])
+                return await self.speaker._send_chunks(
+                    self.channel, self.character, chunks, [], view
+                )
             partial = self._message
-            if chunks[0] != self._shown:
+            # The buttons go on the partial only when it is the whole reply.
+            partial_view = view if len(chunks) == 1 else None
+            if chunks[0] != self._shown or partial_view is not None:
                 try:
-                    await self.speaker.edit(partial, self.character, chunks[0])
+                    await self.speaker.edit(partial, self.character, chunks[0], view=partial_view)
                     self.edits += 1
                 except DELIVERY_ERRORS as error:
                     log.warning(
@@ -406,9 +491,11 @@ class LiveReply:
                     # Deleted below, after the fresh post: if the failed edit did land after
                     # all, that leaves no second copy; if posting fails, no half reply.
                     self._orphan, self._message, self._shown = partial, None, ""
-                    return await self.speaker._send_chunks(self.channel, self.character, chunks, [])
+                    return await self.speaker._send_chunks(
+                        self.channel, self.character, chunks, [], view
+                    )
             return await self.speaker._send_chunks(
-                self.channel, self.character, chunks[1:], [partial]
+                self.channel, self.character, chunks[1:], [partial], view
             )
         finally:
             await self._delete_orphan()

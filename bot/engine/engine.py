@@ -402,6 +402,8 @@ class InferenceEngine:
         if any(r.settings != settings for r in requests):
             raise ValueError("one batch must share sampling settings; group requests first")
         seed = self.seed if seed is None else seed
+        if settings.seed is not None:  # the request's own seed (e.g. another answer) comes first
+            seed = settings.seed
         if seed is not None:
             torch.manual_seed(seed)
         rows = [self._tokens(r.prompt) for r in requests]

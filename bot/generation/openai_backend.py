@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from openai import (
+    NOT_GIVEN,
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -220,6 +221,8 @@ class OpenAIBackend:
             max_tokens=settings.max_new_tokens,
             temperature=settings.temperature,  # 0 = greedy, for vLLM as for the engine
             top_p=settings.top_p,
+            # A request's own seed (another answer); vLLM, llama.cpp and Ollama take one.
+            seed=settings.seed if settings.seed is not None else NOT_GIVEN,
             # vLLM's extra sampling parameters (not in OpenAI's API). The chat template wrote
             # the special tokens already, as for the embedded engine.
             extra_body={

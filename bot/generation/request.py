@@ -19,6 +19,10 @@ class SamplingSettings:
     top_p: float
     repetition_penalty: float
     persona_guidance: float = 1.0  # 1.0 = off; otherwise every request needs its bare_prompt
+    # Seeds the sampling of this batch (None: the engine's own `generation.seed`, or none): an
+    # "another answer" sample gets a fresh one, so that it differs even when the config fixes
+    # the seed. Requests with different seeds never share a batch.
+    seed: int | None = None
 
     @classmethod
     def from_config(cls, config: GenerationConfig, **overrides: Any) -> SamplingSettings:
