@@ -23,6 +23,7 @@ from bot.config import PROJECT_ROOT, Config, ConfigError, load_config
 from bot.logging_setup import setup_logging
 from bot.training_data import DatasetFiles, RecordError
 from finetune.errors import FinetuneError
+from finetune.preference_data import SOURCES
 from finetune.recipe import DpoRecipe, Recipe, load_recipe
 
 log = logging.getLogger("finetune")
@@ -57,6 +58,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="pairs for --method dpo (default: the character's data/preferences/synthetic.jsonl "
         "and pairs.jsonl, those that exist)",
+    )
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        choices=SOURCES,
+        metavar="SOURCE",
+        help=f"train --method dpo on these kinds of pairs only ({', '.join(SOURCES)}) [all]",
     )
     add_recipe_arguments(parser)
 
@@ -410,8 +418,10 @@ def command_train(args: argparse.Namespace) -> int:
     out_dir = args.out or adapter_dir(config.characters_path, character.id)
     if args.method == "dpo":
         return run_dpo(args, character, config, out_dir=out_dir)
-    if args.preferences:
-        raise FinetuneError("--preferences is for --method dpo; SFT trains on --data")
+    if args.preferences or args.sources:
+        raise FinetuneError(
+            "--preferences and --sources are for --method dpo; SFT trains on --data"
+        )
     return run_training(args, character, config, data_dir=data_dir, out_dir=out_dir)
 
 
@@ -436,6 +446,8 @@ def run_dpo(
             "--preferences FILE"
         )
     pairs = [pair for path in paths for pair in read_pairs(path, character.id)]
+    if args.sources:
+        pairs = [pair for pair in pairs if pair.source in args.sources]
     recipe = load_recipe(args.recipe, DpoRecipe, **recipe_overrides(args))
     start = adapter_dir(config.characters_path, character.id)
     result = train_dpo(

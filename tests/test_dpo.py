@@ -141,7 +141,7 @@ def test_dpo_without_an_adapter_to_continue_says_so(cast_config, capsys, tmp_pat
 
 def test_sft_refuses_dpo_options(cast_config, capsys, tmp_path):
     assert main(["train", "goku", "--preferences", str(tmp_path / "p.jsonl")]) == 2
-    assert "--preferences is for --method dpo" in capsys.readouterr().err
+    assert "--preferences and --sources are for --method dpo" in capsys.readouterr().err
     assert main(["train", "goku", "--beta", "0.2"]) == 2
     assert "--beta: not a setting of Recipe" in capsys.readouterr().err
 
