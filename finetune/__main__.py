@@ -644,12 +644,8 @@ def command_eval(args: argparse.Namespace) -> int:
 
 def command_eval_adapters(args: argparse.Namespace) -> int:
     from bot.characters import CharacterRegistry
-    from finetune.eval_adapters import (
-        adapter_folder,
-        default_options,
-        headline_table,
-        run_eval_adapters,
-    )
+    from finetune.eval_adapters import adapter_folder, default_options, run_eval_adapters
+    from finetune.eval_adapters_report import headline_table
 
     config = load_config()
     root = config.characters_path

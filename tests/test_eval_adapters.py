@@ -15,11 +15,9 @@ from finetune.eval_adapters import (
     EvalAdaptersError,
     cast_of,
     default_options,
-    headline_table,
-    render_markdown,
     run_eval_adapters,
-    write_adapter_report,
 )
+from finetune.eval_adapters_report import headline_table, render_markdown, write_adapter_report
 from finetune.evaluate import EvalOptions
 from tests.helpers import make_config, write_character, write_spc
 from tests.test_eval_defects import characters_with_data
