@@ -198,7 +198,8 @@ def train_dpo(
     shutil.rmtree(staging, ignore_errors=True)
     for adapter_config in model.peft_config.values():
         adapter_config.base_model_name_or_path = config.model.base
-    model.save_pretrained(str(staging))
+    # The vocabulary is never resized here: no lookup of the base model's config on the Hub.
+    model.save_pretrained(str(staging), save_embedding_layers=False)
     (staging / "README.md").unlink(missing_ok=True)  # peft's template; TRAINING.md is the card
     write_dpo_card(staging, character, recipe, config, result, start_adapter, pairs)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
