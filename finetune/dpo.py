@@ -2,7 +2,7 @@
 
 It continues from the adapter the character has (its SFT adapter): trl copies it into a frozen
 `ref` adapter next to the trainable one, so the reference is the SFT adapter, not the bare base
-model. Reference log-probabilities are computed once before training.
+model. Reference log-probabilities are computed once before training (per step with max_steps).
 Prompts are the pairs' own text (built by `bot.prompt.build_prompt` with the model's chat
 template, as at serving); each reply is followed by what the template writes after a reply.
 The new adapter replaces the old like SFT's does (the old one becomes `adapter.previous/`), with
@@ -150,7 +150,9 @@ def train_dpo(
         max_steps=recipe.max_steps or -1,
         beta=recipe.beta,
         max_length=recipe.max_seq_len,
-        precompute_ref_log_probs=True,
+        # Once for every pair before a whole-epoch run; per step (only the pairs trained on) when
+        # max_steps stops it early.
+        precompute_ref_log_probs=recipe.max_steps is None,
         logging_steps=1,
         eval_strategy="steps" if eval_rows else "no",
         eval_steps=recipe.eval_every,
