@@ -468,7 +468,7 @@ def run_dpo(
             f"accuracy {before['rewards/accuracies']:.2f} -> {after['rewards/accuracies']:.2f}"
         )
     print(
-        f"{character.name}: DPO {result.steps} steps on {result.train_pairs} pairs in "
+        f"{character.name}: DPO {result.steps} steps over {result.train_pairs} training pairs in "
         f"{result.seconds:.0f} s ({result.pairs_per_second:.2f} pairs/s){held_out}; adapter in "
         f"{result.adapter_path}"
     )

@@ -177,7 +177,9 @@ def train_dpo(
     output = trainer.train()
     loop_seconds = time.perf_counter() - tick
     eval_after = _eval_metrics(trainer.evaluate()) if eval_rows else {}
-    curve = [
+    # The evaluation before training is logged before the trainer's state starts: step 0.
+    before = {"step": 0.0, **{f"eval_{k}": v for k, v in eval_before.items()}}
+    curve = ([before] if eval_before else []) + [
         {k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
         for entry in trainer.state.log_history
     ]
