@@ -36,7 +36,7 @@ def characters_dir(tmp_path):
     shutil.copytree(
         PROJECT_ROOT / "characters" / "goku",
         root / "goku",
-        ignore=shutil.ignore_patterns("adapter"),
+        ignore=shutil.ignore_patterns("adapter*"),
     )
     write_character(
         root,
