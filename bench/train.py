@@ -90,12 +90,13 @@ def bench_dpo(character, config, steps: int) -> None:
         flush=True,
     )
     dpo = timed_dpo(character, pairs_files, steps, config)
-    reference = dpo.seconds - dpo.loop_seconds
+    recipe = load_recipe(RECIPES / "dpo-cpu.yaml", DpoRecipe)
+    per_step = recipe.batch_size * recipe.grad_accum
     print(
-        f"DPO: {dpo.steps} steps of {load_recipe(RECIPES / 'dpo-cpu.yaml', DpoRecipe).batch_size}"
-        f" pairs, {dpo.pairs_per_second:.2f} pairs/s (each pair: chosen and rejected, "
-        f"policy only; the reference pass, loading and saving took {reference:.0f} s) -> 200 "
-        f"pairs x 2 epochs in {400 / dpo.pairs_per_second / 60:.1f} min",
+        f"DPO: {dpo.steps} steps of {per_step} pairs, {dpo.pairs_per_second:.3f} pairs/s (a pair: "
+        "chosen and rejected through the policy, forward and backward, and through the "
+        "reference, forward; full sequences, no shared prefix) -> 200 pairs x 2 epochs in "
+        f"{400 / dpo.pairs_per_second / 60:.0f} min",
         flush=True,
     )
     print(f"ratio DPO pairs/s / SFT examples/s: {dpo.pairs_per_second / sft_rate:.2f}x")
