@@ -31,7 +31,7 @@ from finetune.errors import FinetuneError
 from finetune.examples import completion_text
 from finetune.preference_data import PreferencePair
 from finetune.recipe import DpoRecipe
-from finetune.train import replace_dir
+from finetune.train import publish_adapter
 
 log = logging.getLogger(__name__)
 
@@ -198,16 +198,14 @@ def train_dpo(
         curve=curve,
     )
     model.delete_adapter(REFERENCE)
-    staging = out_dir.with_name(out_dir.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    for adapter_config in model.peft_config.values():
-        adapter_config.base_model_name_or_path = config.model.base
-    # The vocabulary is never resized here: no lookup of the base model's config on the Hub.
-    model.save_pretrained(str(staging), save_embedding_layers=False)
-    (staging / "README.md").unlink(missing_ok=True)  # peft's template; TRAINING.md is the card
-    write_dpo_card(staging, character, recipe, config, result, start_adapter, pairs)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir(staging, out_dir)
+    publish_adapter(
+        model,
+        out_dir,
+        config,
+        lambda folder: write_dpo_card(
+            folder, character, recipe, config, result, start_adapter, pairs
+        ),
+    )
     shutil.rmtree(run_dir, ignore_errors=True)
     return result
 

@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,23 @@ def train(
         resumed_from_step=resumed_from,
         curve=curve,
     )
+    publish_adapter(
+        model,
+        out_dir,
+        config,
+        lambda folder: write_training_card(
+            folder, character, recipe, config, result, fingerprint, best["step"]
+        ),
+    )
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return result
+
+
+def publish_adapter(
+    model: Any, out_dir: Path, config: Config, write_card: Callable[[Path], None]
+) -> None:
+    """Save the adapter and its card next to `out_dir`, then swap it in whole (the adapter it
+    replaces becomes `<out_dir>.previous`): a reader never sees half an adapter."""
     staging = out_dir.with_name(out_dir.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     # Name the base as configured ("embedded"), not this machine's cache path.
@@ -281,11 +299,9 @@ def train(
     # The vocabulary is never resized here: no lookup of the base model's config on the Hub.
     model.save_pretrained(str(staging), save_embedding_layers=False)
     (staging / "README.md").unlink(missing_ok=True)  # peft's template; TRAINING.md is the card
-    write_training_card(staging, character, recipe, config, result, fingerprint, best["step"])
+    write_card(staging)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     replace_dir(staging, out_dir)
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    return result
 
 
 def write_training_card(
