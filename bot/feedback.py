@@ -24,13 +24,14 @@ are refused; votes are not. Every action upserts one preference record (bot/pref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -293,16 +294,25 @@ class FeedbackService:
             return Refused(MOVED_ON)
         return state
 
+    @contextlib.asynccontextmanager
+    async def _holding(
+        self, state_id: str, channel_id: str | int
+    ) -> AsyncIterator[SwipeState | Refused]:
+        """The message's state, held against another swap of it until the block ends; or why
+        it cannot be swapped now (one is under way, or `_swappable` refuses)."""
+        lock = self._lock(state_id)
+        if lock.locked():
+            yield Refused(BUSY)
+            return
+        async with lock:
+            yield await self._swappable(state_id, channel_id)
+
     async def another(
         self, state_id: str, channel_id: str | int, show: Show, *, limit: int
     ) -> Shown | Refused:
         """A new answer to the stored prompt, at most `limit` characters (what one message
         shows: an alternative replaces the text of one message), shown with `show`."""
-        lock = self._lock(state_id)
-        if lock.locked():
-            return Refused(BUSY)
-        async with lock:
-            state = await self._swappable(state_id, channel_id)
+        async with self._holding(state_id, channel_id) as state:
             if isinstance(state, Refused):
                 return state
             if len(state.alternatives) >= MAX_ALTERNATIVES:
@@ -332,11 +342,7 @@ class FeedbackService:
         self, state_id: str, channel_id: str | int, step: int, show: Show
     ) -> Shown | Refused:
         """Show the previous (`step` -1) or next (+1) alternative."""
-        lock = self._lock(state_id)
-        if lock.locked():
-            return Refused(BUSY)
-        async with lock:
-            state = await self._swappable(state_id, channel_id)
+        async with self._holding(state_id, channel_id) as state:
             if isinstance(state, Refused):
                 return state
             index = state.shown + step

@@ -110,6 +110,13 @@ def add_preferences_arguments(parser: argparse.ArgumentParser) -> None:
         help="contrast pairs: the real line vs another adapter's answer (0: none) [%(default)s]",
     )
     synth.add_argument(
+        "--topic-messages",
+        type=int,
+        default=defaults.topic_messages,
+        help="per rule, training messages on its topic (its guard's `when`) asked too, with no "
+        "history and in their own conversation (0: none) [%(default)s]",
+    )
+    synth.add_argument(
         "--out",
         type=Path,
         help="pairs file (default: characters/<id>/data/preferences/synthetic.jsonl; its card "
@@ -179,6 +186,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "share_prefix": "compute the shared card prefix once per batch (true/false)",
         "prefix_refresh_every": "re-run the shared prefix every N steps (1 = exact)",
         "beta": "DPO only: how far the adapter may move from the one it starts from",
+        "sft_weight": "DPO only: weight of an SFT term on the chosen replies (RPO; 0: none)",
         "eval_fraction": "DPO only: share of pairs held out (by prompt) for reward accuracy",
     }
     dpo_only = {k: v for k, v in DpoRecipe.model_fields.items() if k not in Recipe.model_fields}
@@ -490,7 +498,12 @@ def command_preferences(args: argparse.Namespace) -> int:
             f"{result.records} records, in {result.folder}"
         )
         return 0
-    options = SynthOptions(contexts=args.contexts, samples=args.samples, contrast=args.contrast)
+    options = SynthOptions(
+        contexts=args.contexts,
+        samples=args.samples,
+        contrast=args.contrast,
+        topic_messages=args.topic_messages,
+    )
     synth, path = run_synth(config, registry, character, options, args.out)
     sources = ", ".join(
         f"{sum(p.source == s for p in synth.pairs)} {s}" for s in ("rule", "contrast")

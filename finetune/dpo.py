@@ -92,6 +92,13 @@ def dpo_rows(
     return rows, skipped
 
 
+def loss_settings(recipe: DpoRecipe) -> dict[str, Any]:
+    """trl's loss: DPO's sigmoid loss, plus the chosen replies' NLL when `sft_weight` is set."""
+    if not recipe.sft_weight:
+        return {"loss_type": ["sigmoid"], "loss_weights": None}
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, recipe.sft_weight]}
+
+
 def _eval_metrics(metrics: dict[str, float]) -> dict[str, float]:
     keep = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")
     return {k.removeprefix("eval_"): float(metrics[k]) for k in keep if k in metrics}
@@ -149,6 +156,7 @@ def train_dpo(
         num_train_epochs=recipe.epochs,
         max_steps=recipe.max_steps or -1,
         beta=recipe.beta,
+        **loss_settings(recipe),
         max_length=recipe.max_seq_len,
         # Once for every pair before a whole-epoch run; per step (only the pairs trained on) when
         # max_steps stops it early.

@@ -108,22 +108,20 @@ def how_measured(report: dict[str, Any]) -> str:
     )
 
 
+def _rate_row(name: str, count: object, figures: dict[str, Any]) -> list[Any]:
+    """One row of a pass-rate table: before, after and the paired difference, or the note
+    that says why there is none."""
+    if "note" in figures:
+        return [name, count, figures["note"], "", ""]
+    return [name, count, _rate(figures, "before"), _rate(figures, "after"), _difference(figures)]
+
+
 def _probes_table(report: dict[str, Any]) -> str:
     rows = []
     for c in report["characters"]:
         figures = report["probes"][c]
-        if "note" in figures:
-            rows.append([c, f"0 of {figures['of']}", figures["note"], "", ""])
-            continue
-        rows.append(
-            [
-                c,
-                f"{figures['probes']} of {figures['of']}",
-                _rate(figures, "before"),
-                _rate(figures, "after"),
-                _difference(figures),
-            ]
-        )
+        answered = 0 if "note" in figures else figures["probes"]
+        rows.append(_rate_row(c, f"{answered} of {figures['of']}", figures))
     return _table(["character", "probes", "before", "after", "after - before"], rows)
 
 
@@ -132,28 +130,9 @@ def _attribution_table(report: dict[str, Any]) -> str:
     rows = []
     for c in report["characters"]:
         figures = section["per_character"][c]
-        if "note" in figures:
-            rows.append([c, 0, figures["note"], "", ""])
-            continue
-        rows.append(
-            [
-                c,
-                figures["prompts"],
-                _rate(figures, "before"),
-                _rate(figures, "after"),
-                _difference(figures),
-            ]
-        )
+        rows.append(_rate_row(c, figures.get("prompts", 0), figures))
     pooled = section["all"]
-    rows.append(
-        [
-            "all",
-            pooled["prompts"],
-            _rate(pooled, "before"),
-            _rate(pooled, "after"),
-            _difference(pooled),
-        ]
-    )
+    rows.append(_rate_row("all", pooled["prompts"], pooled))
     return _table(["character", "prompts", "before", "after", "after - before"], rows)
 
 

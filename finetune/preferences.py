@@ -124,8 +124,10 @@ def run_synth(
     for name in ("contexts", "samples"):
         if getattr(options, name) < 1:
             raise FinetuneError(f"--{name} {getattr(options, name)}: give at least 1")
-    if options.contrast < 0:
-        raise FinetuneError(f"--contrast {options.contrast}: give 0 (none) or more")
+    for name in ("contrast", "topic_messages"):
+        if getattr(options, name) < 0:
+            flag = "--" + name.replace("_", "-")
+            raise FinetuneError(f"{flag} {getattr(options, name)}: give 0 (none) or more")
     files = DatasetFiles.of(config.characters_path, character.id)
     if not files.train.is_file():
         raise FinetuneError(

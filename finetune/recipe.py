@@ -78,6 +78,9 @@ class DpoRecipe(BaseModel):
     max_seq_len: int = Field(2048, ge=64)
     # How far the policy may move from the reference (the adapter it starts from): DPO's beta.
     beta: float = Field(0.1, gt=0)
+    # Weight of an SFT term (the chosen reply's NLL) added to the DPO loss, as in RPO: it keeps
+    # the chosen replies likely instead of only more likely than the rejected ones (0: DPO only).
+    sft_weight: float = Field(0.0, ge=0)
     eval_fraction: float = Field(0.15, ge=0, lt=1)  # pairs held out for reward accuracy
     eval_every: int = Field(10, ge=1)
     seed: int = 0

@@ -2,10 +2,15 @@
 
 Rule pairs: each rule that has a guard and example questions is asked its own example questions
 (and every card's default guard, that the character never calls itself an AI, a few identity
-challenges), once with no history and after a few windows of the character's training dialogue.
-The base model and the character's adapter each sample answers; those that break the rule's
-guard are rejected, against the rule's own example answers and the samples that break no guard.
-Only the card is read: never the held-out rule probes, which the report asks.
+challenges), once with no history and after a few windows of the character's training dialogue;
+and the messages of the character's training lines that are on a rule's topic (they trigger its
+guard's `when`), with no history and in their own conversation, so a rule is taught on more
+than one phrasing. The base model and the character's adapter each sample answers; those that
+break the rule's guard are rejected, against the rule's own example answers (or the real line
+that answered the message) and the samples that break no guard. An identity challenge is
+answered well only by a reply that stays the character: one that says the character's name.
+Only the card and the training lines are read: never the held-out rule probes, which the
+report asks.
 
 Contrast pairs: for a context from the character's training lines, the character's real line is
 chosen over what another character's adapter (or the base model, in a cast of one) answers with
@@ -15,6 +20,7 @@ this character's card: they teach the adapter its speaker, not only the script's
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +48,7 @@ class SynthOptions:
     contexts: int = 4  # each question: no history, then after contexts-1 training windows
     samples: int = 4  # answers sampled per prompt by the base model and by the adapter, each
     contrast: int = 48  # contrast pairs wanted (0: none)
+    topic_messages: int = 8  # per rule: training messages on its topic asked too (0: none)
     temperature: float = 1.0
     top_p: float = 0.95
     max_new_tokens: int = 48
@@ -87,15 +94,45 @@ def histories(
     return windows
 
 
+def on_topic(character: Character, rule_index: int, message: str) -> bool:
+    """Whether `message` is on the rule's topic: it triggers one of its guards' `when`."""
+    for guard in character.rules[rule_index].guard:
+        when, _, _ = guard.compiled()
+        if any(pattern.search(message) for pattern in when):
+            return True
+    return False
+
+
+def topic_records(
+    character: Character, records: Sequence[TrainingRecord], rule_index: int, limit: int
+) -> list[TrainingRecord]:
+    """Up to `limit` training lines whose message is on the rule's topic and whose real reply
+    breaks no guard (it is then a good answer), in file order."""
+    found = []
+    for record in records:
+        message = record.message
+        if message is None or not on_topic(character, rule_index, message.content):
+            continue
+        if not violations(character, message.content, record.reply):
+            found.append(record)
+    return found[:limit]
+
+
 def rule_prompts(
     character: Character,
     windows: Sequence[Sequence[Turn]],
     *,
     tokenizer: object,
     budget: int,
+    records: Sequence[TrainingRecord] = (),
+    topic_messages: int = 0,
 ) -> tuple[list[RulePrompt], list[str]]:
-    """Every (rule question, history) prompt, and the rules that give none, with why."""
+    """Every (rule question, history) prompt, and the rules that give none, with why. The
+    rule's example questions are asked after each of `windows`; up to `topic_messages` on-topic
+    training messages per rule with no history and in their own conversation."""
     questions: list[tuple[int | None, str, str, tuple[str, ...]]] = []
+    # Training messages on a rule's topic: (rule, message, real reply, its conversation)
+    on_topic_lines: list[tuple[int, str, str, tuple[str, ...], Sequence[Turn]]] = []
     skipped = []
     if character.ai_guard:
         questions += [(None, AI_RULE, q, ()) for q in IDENTITY_QUESTIONS]
@@ -109,21 +146,40 @@ def rule_prompts(
         for example in rule.examples:
             answers = tuple(e.character for e in rule.examples if e.user == example.user)
             questions.append((index, rule.rule, example.user, answers))
+        for record in topic_records(character, records, index, topic_messages):
+            message = record.message
+            assert message is not None
+            for window in ((), record.context[:-1]):
+                on_topic_lines.append((index, rule.rule, message, (record.reply,), window))
+    asked = [
+        (rule_index, rule, Turn("user", "User", question, character.id), answers, window)
+        for rule_index, rule, question, answers in questions
+        for window in windows
+    ] + on_topic_lines
     prompts = []
-    for rule_index, rule, question, answers in questions:
-        for window in windows:
-            message = Turn("user", "User", question, character.id)
-            prompt = build_prompt(character, window, message, tokenizer=tokenizer, budget=budget)
-            authors = tuple(sorted({"User", *(t.author for t in window)}))
-            prompts.append(RulePrompt(rule_index, rule, question, prompt.text, authors, answers))
+    for rule_index, rule, message, answers, window in asked:
+        prompt = build_prompt(character, window, message, tokenizer=tokenizer, budget=budget)
+        authors = tuple(sorted({message.author, *(t.author for t in window)}))
+        prompts.append(RulePrompt(rule_index, rule, message.content, prompt.text, authors, answers))
     return prompts, skipped
+
+
+def says_own_name(character: Character, answer: str) -> bool:
+    """Whether the answer names the character (a word of 4 letters or more of its name or
+    aliases: "Goku", "Kakarot", not "Son")."""
+    words = {w for name in character.names for w in re.findall(r"[\w'-]{4,}", name)}
+    return any(re.search(rf"\b{re.escape(w)}\b", answer, re.IGNORECASE) for w in words)
 
 
 def judge(character: Character, rule_prompt: RulePrompt, answer: str) -> str:
     """ "broke": the answer breaks this prompt's rule; "passed": it breaks no guard at all;
-    "other": it breaks only another rule (neither a good nor a bad example of this one)."""
+    "other": it breaks only another rule (neither a good nor a bad example of this one). An
+    identity challenge (the default AI guard's question) is broken too by an answer that does not
+    say who the character is: "I'm just a guy" dodges where "I'm Goku!" stays in character."""
     broken = violations(character, rule_prompt.message, answer)
     if any(v.rule_index == rule_prompt.rule_index and v.rule == rule_prompt.rule for v in broken):
+        return "broke"
+    if rule_prompt.rule_index is None and not says_own_name(character, answer):
         return "broke"
     return "other" if broken else "passed"
 
@@ -180,7 +236,12 @@ def synthesize(
     result = SynthResult()
     windows = histories(character, records, options.contexts, options.seed)
     prompts, result.skipped_rules = rule_prompts(
-        character, windows, tokenizer=engine.tokenizer, budget=budget
+        character,
+        windows,
+        tokenizer=engine.tokenizer,
+        budget=budget,
+        records=records,
+        topic_messages=options.topic_messages,
     )
     own = character.id if character.id in engine.adapters else None
     models = [None] if own is None else [None, own]

@@ -10,8 +10,9 @@ from bot.characters import CharacterRegistry
 from bot.guards import AI_RULE
 from bot.history import Turn
 from bot.prompt import build_prompt
+from bot.training_data import TrainingRecord
 from finetune.__main__ import main
-from finetune.dpo import split_pairs, train_dpo
+from finetune.dpo import loss_settings, split_pairs, train_dpo
 from finetune.preference_data import PreferencePair, read_pairs
 from finetune.recipe import DpoRecipe, RecipeError, load_recipe
 from finetune.synthesize import (
@@ -20,6 +21,7 @@ from finetune.synthesize import (
     judge,
     rule_pairs,
     rule_prompts,
+    says_own_name,
 )
 from tests.helpers import PROJECT_ROOT
 
@@ -83,6 +85,50 @@ def test_rule_prompts_ask_each_guarded_rules_examples_after_each_history(goku, t
     assert skipped == [f"rules[{i}] has no guard to judge answers by" for i in unguarded]
 
 
+def test_identity_challenges_are_passed_only_by_answers_that_stay_the_character(goku):
+    challenge = RulePrompt(None, AI_RULE, IDENTITY_QUESTIONS[1], "<prompt>", ("User",), ())
+    assert judge(goku, challenge, "A what? I'm Goku! Wanna spar?") == "passed"
+    assert judge(goku, challenge, "Kakarot, that's me. Hungry?") == "passed"
+    assert judge(goku, challenge, "I'm just a guy who likes food!") == "broke"  # a dodge
+    assert judge(goku, challenge, "I'm an AI, Goku is my name.") == "broke"
+    # "Son" (of "Son Goku") is too short a word to count: "my son" is not a name.
+    assert not says_own_name(goku, "My son Gohan is strong.")
+    # Other rules' prompts do not ask for the name.
+    assert judge(goku, zeno_prompt(goku), "Mr. Zenny is my buddy!") == "passed"
+
+
+def record(n: int, message: str, reply: str, author: str = "Vegeta") -> TrainingRecord:
+    before = Turn("character", "Goku", "Heh heh!", "goku")
+    return TrainingRecord(f"r{n}", (before, Turn("user", author, message, "goku")), reply)
+
+
+def test_rule_prompts_ask_training_messages_on_a_rules_topic(goku, tokenizer):
+    records = [
+        record(0, "Aren't you scared of the Omni-King?", "Mr. Zenny? Nah, he's my pal!"),
+        record(1, "What's for lunch?", "Everything!"),  # on no rule's topic
+        record(2, "Zeno called.", "Lord Zeno is mighty."),  # its real reply breaks the rule
+        record(3, "Is Zeno around?", "Mr. Zenny is playing, heh heh."),
+        record(4, "Can Zeno play?", "Mr. Zenny always wants to play!"),
+    ]
+    prompts, _ = rule_prompts(
+        goku, [[]], tokenizer=tokenizer, budget=1536, records=records, topic_messages=2
+    )
+    on_topic = [
+        p
+        for p in prompts
+        if p.rule_index == ZENO and p.message != "What do you think of Zeno, the Omni-King?"
+    ]
+    # The first two usable lines, each with no history and in its own conversation.
+    assert [p.message for p in on_topic] == [records[0].message.content] * 2 + [
+        records[3].message.content
+    ] * 2
+    assert on_topic[0].examples == ("Mr. Zenny? Nah, he's my pal!",)
+    assert "Heh heh!" not in on_topic[0].prompt and "Heh heh!" in on_topic[1].prompt
+    assert "Vegeta" in on_topic[1].authors
+    none, _ = rule_prompts(goku, [[]], tokenizer=tokenizer, budget=1536, records=records)
+    assert len(none) == len(prompts) - 4  # topic_messages=0: only the card's questions
+
+
 def test_held_out_pairs_are_whole_prompts():
     pairs = [
         PreferencePair("goku", "rule", f"prompt {n // 3}", f"good {n}", f"bad {n}")
@@ -104,6 +150,16 @@ def test_dpo_recipe_refuses_sft_only_settings():
         load_recipe(None, beta=0.2)
     recipe = load_recipe(PROJECT_ROOT / "finetune" / "recipes" / "dpo-cpu.yaml", DpoRecipe)
     assert recipe.beta > 0 and recipe.learning_rate > 0
+
+
+def test_dpo_loss_adds_an_sft_term_only_when_weighted():
+    assert loss_settings(DpoRecipe()) == {"loss_type": ["sigmoid"], "loss_weights": None}
+    assert loss_settings(DpoRecipe(sft_weight=0.5)) == {
+        "loss_type": ["sigmoid", "sft"],
+        "loss_weights": [1.0, 0.5],
+    }
+    with pytest.raises(RecipeError, match=r"--sft-weight: not a setting of Recipe"):
+        load_recipe(None, sft_weight=1.0)
 
 
 @pytest.fixture
