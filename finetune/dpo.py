@@ -27,6 +27,7 @@ import torch
 from bot.characters import Character, adapter_version
 from bot.config import Config
 from bot.engine.loading import load_base_model
+from finetune.dpo_shared import LoopResult, encode_pairs, train_shared_prefix
 from finetune.errors import FinetuneError
 from finetune.examples import completion_text
 from finetune.preference_data import PreferencePair
@@ -115,10 +116,9 @@ def train_dpo(
     work_dir: Path,
     progress: bool = True,
 ) -> DpoResult:
-    """Train `start_adapter` further on `pairs` and write the result to `out_dir`."""
-    from datasets import Dataset
+    """Train `start_adapter` further on `pairs` and write the result to `out_dir`: with trl's
+    DPOTrainer, or with `share_prefix` the project's own loop (finetune/dpo_shared.py)."""
     from peft import PeftModel, prepare_model_for_kbit_training
-    from trl import DPOConfig, DPOTrainer
 
     if not (start_adapter / "adapter_config.json").is_file():
         raise DpoError(
@@ -129,9 +129,13 @@ def train_dpo(
     started = time.perf_counter()
     torch.manual_seed(recipe.seed)
     model, tokenizer, device, quantization = load_base_model(config)
-    train_rows, skipped = dpo_rows(train_pairs, tokenizer, recipe.max_seq_len)
-    eval_rows, skipped_eval = dpo_rows(eval_pairs, tokenizer, recipe.max_seq_len)
-    if not train_rows:
+    if recipe.share_prefix:
+        train_set, skipped = encode_pairs(train_pairs, tokenizer, recipe.max_seq_len)
+        eval_set, skipped_eval = encode_pairs(eval_pairs, tokenizer, recipe.max_seq_len)
+    else:
+        train_set, skipped = dpo_rows(train_pairs, tokenizer, recipe.max_seq_len)
+        eval_set, skipped_eval = dpo_rows(eval_pairs, tokenizer, recipe.max_seq_len)
+    if not train_set:
         raise DpoError(
             f"no preference pair to train {character.id} on ({len(pairs)} given, "
             f"{skipped + skipped_eval} longer than max_seq_len {recipe.max_seq_len}); make some "
@@ -139,10 +143,57 @@ def train_dpo(
         )
     if quantization == "nf4":
         model = prepare_model_for_kbit_training(model)
-    # trl copies the trainable adapter into a frozen `ref` adapter: the reference is this one.
     model = PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)
+    if recipe.share_prefix:
+        loop = train_shared_prefix(
+            model, train_set, eval_set, recipe, device=device, progress=progress
+        )
+    else:
+        run_dir = work_dir / f"{character.id}-dpo"
+        loop = _train_with_trl(
+            model, tokenizer, train_set, eval_set, recipe, device, run_dir, progress=progress
+        )
+    result = DpoResult(
+        adapter_path=out_dir,
+        started_from=adapter_version(start_adapter),
+        steps=loop.steps,
+        train_pairs=len(train_set),
+        eval_pairs=len(eval_set),
+        skipped_pairs=skipped + skipped_eval,
+        eval_before=loop.eval_before,
+        eval_after=loop.eval_after,
+        pairs_per_second=loop.pairs_per_second,
+        seconds=time.perf_counter() - started,
+        loop_seconds=loop.loop_seconds,
+        curve=loop.curve,
+    )
+    publish_adapter(
+        model,
+        out_dir,
+        config,
+        lambda folder: write_dpo_card(
+            folder, character, recipe, config, result, start_adapter, pairs
+        ),
+    )
+    return result
 
-    run_dir = work_dir / f"{character.id}-dpo"
+
+def _train_with_trl(
+    model: Any,
+    tokenizer: Any,
+    train_rows: list[dict[str, str]],
+    eval_rows: list[dict[str, str]],
+    recipe: DpoRecipe,
+    device: str,
+    run_dir: Path,
+    *,
+    progress: bool,
+) -> LoopResult:
+    """trl's DPOTrainer on the model's trainable adapter; trl copies it into a frozen `ref`
+    adapter, the reference, which is deleted again afterwards."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
     args = DPOConfig(
         output_dir=str(run_dir),
         per_device_train_batch_size=recipe.batch_size,
@@ -191,31 +242,16 @@ def train_dpo(
         {k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
         for entry in trainer.state.log_history
     ]
-    result = DpoResult(
-        adapter_path=out_dir,
-        started_from=adapter_version(start_adapter),
+    model.delete_adapter(REFERENCE)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return LoopResult(
         steps=output.global_step,
-        train_pairs=len(train_rows),
-        eval_pairs=len(eval_rows),
-        skipped_pairs=skipped + skipped_eval,
         eval_before=eval_before,
         eval_after=eval_after,
         pairs_per_second=float(output.metrics.get("train_samples_per_second", 0.0)),
-        seconds=time.perf_counter() - started,
         loop_seconds=loop_seconds,
         curve=curve,
     )
-    model.delete_adapter(REFERENCE)
-    publish_adapter(
-        model,
-        out_dir,
-        config,
-        lambda folder: write_dpo_card(
-            folder, character, recipe, config, result, start_adapter, pairs
-        ),
-    )
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return result
 
 
 def write_dpo_card(

@@ -13,6 +13,15 @@ from bot.prompt import build_prompt
 from bot.training_data import TrainingRecord
 from finetune.__main__ import main
 from finetune.dpo import loss_settings, split_pairs, train_dpo
+from finetune.dpo_shared import (
+    EncodedPair,
+    common_prefix,
+    encode_pairs,
+    pair_loss,
+    sequence_logps,
+)
+from finetune.examples import completion_text
+from finetune.losses import PrefixCache, token_losses
 from finetune.preference_data import PreferencePair, read_pairs
 from finetune.recipe import DpoRecipe, RecipeError, load_recipe
 from finetune.synthesize import (
@@ -139,13 +148,87 @@ def test_held_out_pairs_are_whole_prompts():
     assert not {p.prompt for p in train} & {p.prompt for p in held_out}
 
 
+# -- DPO with the card prefix shared (the project's own loop) ------------------------------------
+
+
+def goku_pairs(goku, tokenizer, questions, good, bad) -> list[PreferencePair]:
+    pairs = []
+    for question, chosen, rejected in zip(questions, good, bad, strict=True):
+        message = Turn("user", "User", question, "goku")
+        prompt = build_prompt(goku, [], message, tokenizer=tokenizer, budget=1536).text
+        pairs.append(PreferencePair("goku", "rule", prompt, chosen, rejected))
+    return pairs
+
+
+def test_common_prefix():
+    assert common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == (1, 2)
+    assert common_prefix([[5, 6], [7]]) == () and common_prefix([]) == ()
+
+
+def test_encoded_pairs_share_the_card_and_keep_every_token(goku, tokenizer):
+    pairs = goku_pairs(goku, tokenizer, QUESTIONS[:3], GOOD[:3], BAD[:3])
+    encoded, skipped = encode_pairs(pairs, tokenizer, max_seq_len=2048)
+    assert skipped == 0 and len(encoded) == 3
+    prefix = encoded[0].chosen.prefix
+    card = tokenizer.encode(goku.description, add_special_tokens=False)
+    assert len(prefix) > len(card)  # the whole system message at least
+    for pair, enc in zip(pairs, encoded, strict=True):
+        for row, reply in ((enc.chosen, pair.chosen), (enc.rejected, pair.rejected)):
+            assert row.prefix == prefix
+            target = tokenizer.encode(completion_text(tokenizer, reply), add_special_tokens=False)
+            prompt = tokenizer.encode(pair.prompt, add_special_tokens=False)
+            assert list(row.prefix + row.body) == prompt + target
+            assert row.target_len == len(target)
+    longest = max(len(e.rejected) for e in encoded)
+    assert encode_pairs(pairs, tokenizer, max_seq_len=longest - 1)[1] >= 1
+
+
+def test_pair_loss_is_dpo_s_sigmoid_loss_plus_the_weighted_chosen_nll():
+    import math
+
+    import torch
+
+    from finetune.examples import EncodedExample
+
+    row = EncodedExample("r", (), (1, 2), 2)
+    pair = EncodedPair(row, row, reference=(-4.0, -6.0))
+    logps, counts = torch.tensor([-4.0, -6.0]), torch.tensor([2, 2])
+    loss, figures = pair_loss([pair], logps, counts, DpoRecipe(beta=0.1))
+    assert float(loss) == pytest.approx(math.log(2)) and figures["rewards/accuracies"] == 0
+    # The policy now prefers the chosen reply by 2 nats more than the reference did.
+    loss, figures = pair_loss([pair], torch.tensor([-3.0, -7.0]), counts, DpoRecipe(beta=0.1))
+    assert float(loss) == pytest.approx(math.log1p(math.exp(-0.2)))
+    assert figures["rewards/margins"] == pytest.approx(0.2) and figures["rewards/accuracies"] == 1
+    weighted, _ = pair_loss([pair], logps, counts, DpoRecipe(beta=0.1, sft_weight=0.5))
+    assert float(weighted) == pytest.approx(math.log(2) + 0.5 * 4.0 / 2)
+
+
+def test_shared_prefix_log_probs_equal_full_sequences(engine, goku, tokenizer):
+    import torch
+
+    pairs = goku_pairs(goku, tokenizer, QUESTIONS[:2], GOOD[:2], BAD[:2])
+    encoded, _ = encode_pairs(pairs, tokenizer, max_seq_len=2048)
+    rows = [p.chosen for p in encoded] + [p.rejected for p in encoded]
+    model = engine.model
+    with torch.no_grad():
+        shared, counts = sequence_logps(
+            model, rows, device="cpu", prefixes=PrefixCache(model, device="cpu"), step=0
+        )
+        losses, row_of = token_losses(model, rows, share_prefix=False, device="cpu")
+    full = torch.zeros(len(rows)).index_add(0, row_of, -losses)
+    assert counts.tolist() == [r.target_len for r in rows]
+    assert shared.tolist() == pytest.approx(full.tolist(), rel=1e-4)
+
+
 # -- recipes and the command line --------------------------------------------------------------
 
 
 def test_dpo_recipe_refuses_sft_only_settings():
     assert load_recipe(None, DpoRecipe, beta=0.2).beta == 0.2
-    with pytest.raises(RecipeError, match=r"--r, --share-prefix: not a setting of DpoRecipe"):
-        load_recipe(None, DpoRecipe, r=8, share_prefix=True)
+    with pytest.raises(
+        RecipeError, match=r"--early-stopping-patience, --r: not a setting of DpoRecipe"
+    ):
+        load_recipe(None, DpoRecipe, r=8, share_prefix=True, early_stopping_patience=2)
     with pytest.raises(RecipeError, match=r"--beta: not a setting of Recipe"):
         load_recipe(None, beta=0.2)
     recipe = load_recipe(PROJECT_ROOT / "finetune" / "recipes" / "dpo-cpu.yaml", DpoRecipe)
@@ -235,8 +318,9 @@ QUESTIONS = [
 ]
 
 
+@pytest.mark.parametrize("share_prefix", [False, True], ids=["trl", "shared-prefix"])
 def test_dpo_lowers_the_loss_and_raises_reward_accuracy_on_held_out_pairs(
-    goku, config, tokenizer, tmp_path
+    goku, config, tokenizer, tmp_path, share_prefix
 ):
     card = goku.model_copy(update={"examples": [], "rules": [], "personality": []})
     pairs = []
@@ -248,7 +332,12 @@ def test_dpo_lowers_the_loss_and_raises_reward_accuracy_on_held_out_pairs(
             pairs.append(PreferencePair("goku", "rule", prompt, chosen, rejected))
     out = tmp_path / "adapter"
     recipe = DpoRecipe(
-        max_steps=6, batch_size=4, learning_rate=1e-3, eval_fraction=0.3, eval_every=6
+        max_steps=6,
+        batch_size=4,
+        learning_rate=1e-3,
+        eval_fraction=0.3,
+        eval_every=6,
+        share_prefix=share_prefix,
     )
     result = train_dpo(
         card,
