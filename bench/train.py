@@ -6,9 +6,11 @@ batch) and once with full sequences as the baseline, in the same process. Prints
 examples/s, the ratio, and the projected time for a 300-example character trained for 3 epochs.
 
 --method dpo: SFT as configured (the baseline), then `finetune.dpo.train_dpo` (behind
-`train --method dpo`) for a few steps on the character's preference pairs, in the same process.
-Prints DPO pairs/s next to SFT examples/s, the ratio, the one-off reference pass, and the
-projected time for 200 pairs x 2 epochs.
+`train --method dpo`) for a few steps on the character's preference pairs with trl's
+DPOTrainer (full sequences) and with the project's shared-prefix loop (dpo-cpu.yaml), in the
+same process. Prints DPO pairs/s next to SFT examples/s, the ratios, the time outside the
+training loop (loading, the shared loop's one-off reference pass, saving), and the projected
+time for 200 pairs x 2 epochs.
 
     .venv/bin/python -m bench.train [--character goku] [--steps 6] [--baseline-steps 3]
     .venv/bin/python -m bench.train --method dpo [--character goku] [--steps 4]
@@ -57,9 +59,13 @@ def timed_run(
         )
 
 
-def timed_dpo(character, pairs_files: list[Path], steps: int, config) -> DpoResult:
+def timed_dpo(
+    character, pairs_files: list[Path], steps: int, config, **settings: object
+) -> DpoResult:
     pairs = [pair for path in pairs_files for pair in read_pairs(path, character.id)]
-    recipe = load_recipe(RECIPES / "dpo-cpu.yaml", DpoRecipe, max_steps=steps, eval_fraction=0)
+    recipe = load_recipe(
+        RECIPES / "dpo-cpu.yaml", DpoRecipe, max_steps=steps, eval_fraction=0, **settings
+    )
     with tempfile.TemporaryDirectory() as tmp:
         return train_dpo(
             character,
@@ -89,17 +95,26 @@ def bench_dpo(character, config, steps: int) -> None:
         f"SFT (shared card prefix): {steps} steps of {batch} examples, {sft_rate:.2f} examples/s",
         flush=True,
     )
-    dpo = timed_dpo(character, pairs_files, steps, config)
-    recipe = load_recipe(RECIPES / "dpo-cpu.yaml", DpoRecipe)
-    per_step = recipe.batch_size * recipe.grad_accum
-    print(
-        f"DPO: {dpo.steps} steps of {per_step} pairs, {dpo.pairs_per_second:.3f} pairs/s (a pair: "
-        "chosen and rejected through the policy, forward and backward, and through the "
-        "reference, forward; full sequences, no shared prefix) -> 200 pairs x 2 epochs in "
-        f"{400 / dpo.pairs_per_second / 60:.0f} min",
-        flush=True,
+    runs = (
+        # trl's DPOTrainer: one pair per micro-batch (4 needed 18 GiB), the reference per step.
+        ("trl DPOTrainer, full sequences", {"share_prefix": False, "batch_size": 1}),
+        ("shared-prefix loop (dpo-cpu.yaml)", {}),
     )
-    print(f"ratio DPO pairs/s / SFT examples/s: {dpo.pairs_per_second / sft_rate:.2f}x")
+    rates = []
+    for label, settings in runs:
+        dpo = timed_dpo(character, pairs_files, steps, config, **settings)
+        recipe = load_recipe(RECIPES / "dpo-cpu.yaml", DpoRecipe, **settings)
+        per_step = recipe.batch_size * recipe.grad_accum
+        rates.append(dpo.pairs_per_second)
+        print(
+            f"DPO, {label}: {dpo.steps} steps of {per_step} pairs, "
+            f"{dpo.pairs_per_second:.3f} pairs/s ({dpo.pairs_per_second / sft_rate:.2f}x SFT "
+            f"examples/s); {dpo.seconds - dpo.loop_seconds:.0f} s outside the loop for "
+            f"{dpo.train_pairs} pairs; 200 pairs x 2 epochs in "
+            f"{400 / dpo.pairs_per_second / 60:.0f} min",
+            flush=True,
+        )
+    print(f"ratio shared-prefix / trl DPO pairs/s: {rates[1] / rates[0]:.1f}x")
 
 
 def main() -> None:
