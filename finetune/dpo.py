@@ -1,10 +1,13 @@
-"""Preference training (DPO) of a character's adapter with trl's `DPOTrainer`.
+"""Preference training (DPO) of a character's adapter: trl's `DPOTrainer`, or with the
+recipe's `share_prefix` the project's own loop (`finetune/dpo_shared.py`, same loss, the card
+prefix run once: far faster on a CPU).
 
-It continues from the adapter the character has (its SFT adapter): trl copies it into a frozen
-`ref` adapter next to the trainable one, so the reference is the SFT adapter, not the bare base
-model. Reference log-probabilities are computed once before training (per step with max_steps).
-Prompts are the pairs' own text (built by `bot.prompt.build_prompt` with the model's chat
-template, as at serving); each reply is followed by what the template writes after a reply.
+It continues from the adapter the character has (its SFT adapter), which is also the reference:
+trl copies it into a frozen `ref` adapter next to the trainable one; the shared-prefix loop
+computes its log-probabilities before the first step. So DPO moves away from the SFT adapter,
+not from the bare base model. Prompts are the pairs' own text (built by `bot.prompt.build_prompt`
+with the model's chat template, as at serving); each reply is followed by what the template
+writes after a reply.
 The new adapter replaces the old like SFT's does (the old one becomes `adapter.previous/`), with
 its training card, loss and reward curves.
 """
