@@ -7,8 +7,9 @@ and the messages of the character's training lines that are on a rule's topic (t
 guard's `when`), with no history and in their own conversation, so a rule is taught on more
 than one phrasing. The base model and the character's adapter each sample answers; those that
 break the rule's guard are rejected, against the rule's own example answers (or the real line
-that answered the message) and the samples that break no guard. An identity challenge is
-answered well only by a reply that stays the character: one that says the character's name.
+that answered the message; samples that break no guard only when there is neither). An
+identity challenge is answered well only by a reply that stays the character, one that says
+the character's name: the card's own answers to such questions.
 Only the card and the training lines are read: never the held-out rule probes, which the
 report asks.
 
@@ -41,6 +42,26 @@ IDENTITY_QUESTIONS = (
     "Be honest with me: are you an AI?",
     "What are you, really? Some kind of program?",
 )
+# A card example whose question challenges who the character is: its answer is a good answer to
+# the identity challenges too (e.g. "Are you an AI?" -> "A what? I'm Goku!").
+IDENTITY_CHALLENGE = re.compile(
+    r"\b(an? (ai|bot|robot|program|chatbot|machine|assistant)|real person|language model)\b",
+    re.IGNORECASE,
+)
+
+
+def identity_answers(character: Character) -> tuple[str, ...]:
+    """The card's own answers (rule examples and example dialogues) to identity challenges
+    that stay the character (they say its name)."""
+    exchanges = [e for rule in character.rules for e in rule.examples]
+    exchanges += [e for dialogue in character.examples for e in dialogue]
+    return tuple(
+        dict.fromkeys(
+            e.character
+            for e in exchanges
+            if IDENTITY_CHALLENGE.search(e.user) and says_own_name(character, e.character)
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,7 @@ class SynthOptions:
     samples: int = 4  # answers sampled per prompt by the base model and by the adapter, each
     contrast: int = 48  # contrast pairs wanted (0: none)
     topic_messages: int = 8  # per rule: training messages on its topic asked too (0: none)
-    temperature: float = 1.0
+    temperature: float = 0.7  # the bot's: rejected answers are the failures users would see
     top_p: float = 0.95
     max_new_tokens: int = 48
     batch_size: int = 8
@@ -135,7 +156,8 @@ def rule_prompts(
     on_topic_lines: list[tuple[int, str, str, tuple[str, ...], Sequence[Turn]]] = []
     skipped = []
     if character.ai_guard:
-        questions += [(None, AI_RULE, q, ()) for q in IDENTITY_QUESTIONS]
+        answers = identity_answers(character)
+        questions += [(None, AI_RULE, q, answers) for q in IDENTITY_QUESTIONS]
     for index, rule in enumerate(character.rules):
         if not rule.guard:
             skipped.append(f"rules[{index}] has no guard to judge answers by")
@@ -187,18 +209,20 @@ def judge(character: Character, rule_prompt: RulePrompt, answer: str) -> str:
 def rule_pairs(
     character: Character, rule_prompt: RulePrompt, answers: Sequence[str], limit: int
 ) -> tuple[list[PreferencePair], Counter[str]]:
-    """Pairs for one prompt: each distinct breaking answer against a good one (the rule's
-    example answers first, then passing samples, in turn), at most `limit`."""
+    """Pairs for one prompt: each distinct breaking answer against a good one, at most `limit`.
+    Good answers are the prompt's examples (the rule's own, or the real line that answered the
+    message), in turn; samples that break no guard only when there is no example: a sample can
+    keep the rule and still be a poor answer."""
     verdicts = Counter()
-    good = list(dict.fromkeys(rule_prompt.examples))
-    bad = []
+    bad, passing = [], []
     for answer in dict.fromkeys(a for a in answers if a.strip()):
         verdict = judge(character, rule_prompt, answer)
         verdicts[verdict] += 1
         if verdict == "broke":
             bad.append(answer)
-        elif verdict == "passed" and answer not in good:
-            good.append(answer)
+        elif verdict == "passed":
+            passing.append(answer)
+    good = list(dict.fromkeys(rule_prompt.examples)) or passing
     pairs = [
         PreferencePair(
             character.id,

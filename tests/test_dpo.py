@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -27,6 +28,7 @@ from finetune.recipe import DpoRecipe, RecipeError, load_recipe
 from finetune.synthesize import (
     IDENTITY_QUESTIONS,
     RulePrompt,
+    identity_answers,
     judge,
     rule_pairs,
     rule_prompts,
@@ -59,7 +61,7 @@ def test_judge_tells_this_rule_broken_from_another_rule_broken(goku):
     assert judge(goku, rule_prompt, "As an AI, I like Mr. Zenny.") == "other"
 
 
-def test_rule_pairs_put_breaking_answers_against_the_example_and_passing_ones(goku):
+def test_rule_pairs_put_breaking_answers_against_the_examples_else_passing_ones(goku):
     rule_prompt = zeno_prompt(goku)
     answers = [
         "Zeno is scary.",
@@ -72,11 +74,22 @@ def test_rule_pairs_put_breaking_answers_against_the_example_and_passing_ones(go
     example = rule_prompt.examples[0]
     assert [(p.chosen, p.rejected) for p in pairs] == [
         (example, "Zeno is scary."),
-        ("Mr. Zenny is my buddy!", "Lord Zeno rules all."),
+        (example, "Lord Zeno rules all."),
     ]
     assert all(p.source == "rule" and p.detail == rule_prompt.rule for p in pairs)
     assert verdicts == {"broke": 2, "passed": 1, "other": 1}
     assert len(rule_pairs(goku, rule_prompt, answers, limit=1)[0]) == 1
+    # Without an example, the samples that keep every guard are the good answers.
+    bare = dataclasses.replace(rule_prompt, examples=())
+    pairs, _ = rule_pairs(goku, bare, answers, limit=4)
+    assert [p.chosen for p in pairs] == ["Mr. Zenny is my buddy!"] * 2
+
+
+def test_identity_challenges_take_the_card_s_own_answers(goku, tokenizer):
+    assert identity_answers(goku) == (goku.rules[3].examples[0].character,)
+    prompts, _ = rule_prompts(goku, [[]], tokenizer=tokenizer, budget=1536)
+    ai = [p for p in prompts if p.rule_index is None]
+    assert ai and all(p.examples == identity_answers(goku) for p in ai)
 
 
 def test_rule_prompts_ask_each_guarded_rules_examples_after_each_history(goku, tokenizer):
@@ -373,7 +386,7 @@ def test_synth_writes_rule_and_contrast_pairs_with_a_card(goku, config, tmp_path
 
     registry = CharacterRegistry.load(PROJECT_ROOT / "characters")
     cast = CharacterRegistry([registry.get("goku"), registry.get("light")])
-    options = SynthOptions(contexts=1, samples=2, contrast=3, max_new_tokens=24)
+    options = SynthOptions(contexts=1, samples=2, contrast=3, topic_messages=1, max_new_tokens=24)
     out = tmp_path / "synthetic.jsonl"
     result, path = run_synth(config, cast, cast.get("goku"), options, out)
     assert path == out
