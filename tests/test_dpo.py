@@ -301,6 +301,8 @@ def test_sft_refuses_dpo_options(cast_config, capsys, tmp_path):
 def test_bad_synth_options_are_refused_before_loading_anything(cast_config, capsys):
     assert main(["preferences", "synth", "goku", "--samples", "0"]) == 2
     assert "--samples 0: give at least 1" in capsys.readouterr().err
+    assert main(["preferences", "synth", "goku", "--topic-messages", "-1"]) == 2
+    assert "--topic-messages -1: give 0 (none) or more" in capsys.readouterr().err
 
 
 # -- DPO on the embedded model -----------------------------------------------------------------
