@@ -229,9 +229,11 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     env = {**os.environ, "CHARBOT_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-m", "finetune", "train", "goku", "--data", str(data),
-        "--out", str(tmp_path / "adapter"), "--max-steps", "6", "--batch-size", "2",
+        "--out", str(tmp_path / "adapter"), "--max-steps", "24", "--batch-size", "2",
         "--checkpoint-every", "1", "--quiet",
     ]  # fmt: skip
+    # 24 steps: on a fast, idle CPU 6 steps (one checkpoint each) ended before the poll below
+    # saw a checkpoint, and the interrupt came too late.
     first = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "training" / "goku-checkpoint" / "state.pt"
     deadline = time.monotonic() + 240
@@ -246,7 +248,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     second = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "resumed from the checkpoint at step" in second.stdout
-    assert "6 steps" in second.stdout
+    assert "24 steps" in second.stdout
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
