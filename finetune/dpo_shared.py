@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_scheduler
 
-from finetune.examples import EncodedExample, completion_text
+from finetune.examples import EncodedExample, completion_text, token_ids
 from finetune.losses import PrefixCache, token_losses
 from finetune.preference_data import PreferencePair
 from finetune.recipe import DpoRecipe
@@ -34,10 +34,6 @@ class EncodedPair:
     chosen: EncodedExample
     rejected: EncodedExample
     reference: tuple[float, float] = (math.nan, math.nan)  # log p(chosen), log p(rejected)
-
-
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
@@ -56,14 +52,14 @@ def encode_pairs(
 ) -> tuple[list[EncodedPair], int]:
     """Token ids of each pair's two rows (prompt + reply and its end of turn), all sharing the
     prompts' common prefix (the card); and how many pairs were longer than `max_seq_len`."""
-    prompts = [_ids(tokenizer, pair.prompt) for pair in pairs]
+    prompts = [token_ids(tokenizer, pair.prompt) for pair in pairs]
     # Keep one prompt token out of the prefix: a row's body is never only its reply.
     prefix = common_prefix([ids[:-1] for ids in prompts])
     encoded, skipped = [], 0
     for n, (pair, ids) in enumerate(zip(pairs, prompts, strict=True)):
         rows = []
         for kind, reply in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-            target = _ids(tokenizer, completion_text(tokenizer, reply))
+            target = token_ids(tokenizer, completion_text(tokenizer, reply))
             body = tuple(ids[len(prefix) :] + target)
             rows.append(EncodedExample(f"{n}:{kind}", prefix, body, len(target)))
         if max(len(row) for row in rows) > max_seq_len:

@@ -43,7 +43,7 @@ class EncodedExample:
         return len(self.prefix) + len(self.body)
 
 
-def _ids(tokenizer: Any, text: str) -> list[int]:
+def token_ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
@@ -69,17 +69,17 @@ def encode_example(
     reply = record.reply.strip()
     if record.persona:
         character = character.model_copy(update={"description": record.persona})
-    target = _ids(tokenizer, completion_text(tokenizer, reply))
+    target = token_ids(tokenizer, completion_text(tokenizer, reply))
     budget = max_seq_len - len(target)
     prompt = build_prompt(character, history, message, tokenizer=tokenizer, budget=budget)
-    prompt_ids = _ids(tokenizer, prompt.text)
+    prompt_ids = token_ids(tokenizer, prompt.text)
     if len(prompt_ids) + len(target) > max_seq_len:
         # Even the card and a trimmed message do not leave room: cut the reply's end.
         target = target[: max(1, max_seq_len - len(prompt_ids))]
     # The shared prefix: system message and the few-shot examples kept for this example.
     n_examples = sum(2 * len(d) for d in character.examples[: prompt.examples_used])
     prefix_text = render(tokenizer, prompt.messages[: 1 + n_examples], generation=False)
-    prefix = _ids(tokenizer, prefix_text)
+    prefix = token_ids(tokenizer, prefix_text)
     if not prompt.text.startswith(prefix_text) or prompt_ids[: len(prefix)] != prefix:
         prefix = []  # a template that is not additive: no sharing for this example
     return EncodedExample(
