@@ -21,6 +21,7 @@ import socket
 import time
 import uuid
 
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from bot.characters import CharacterRegistry, adapter_dir, adapter_version
@@ -270,26 +271,30 @@ class ModelWorker:
             final = Chunk(attempt, error=f"generation failed: {exc.__class__.__name__}")
         finally:
             streamer.cancel()
-        # Written until it lands: an answer that is lost would be generated again elsewhere.
-        while True:
-            try:
-                await self._write(reply_key, final)
-                break
-            except (RedisError, OSError) as exc:
-                await self._redis_trouble(exc)
-        await self._finish(entry_id)
+        # The answer and the acknowledgement land together, retried until they do: an answer
+        # that is lost would be generated again elsewhere, and a job still pending after its
+        # answer was read could be taken over and answered twice.
+        await self._finish(entry_id, reply_key, final)
 
     async def _write(self, reply_key: str, chunk: Chunk) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(reply_key, chunk.fields(), maxlen=REPLY_MAXLEN, approximate=True)
-            pipe.expire(reply_key, self.settings.result_ttl_seconds)
+            self._queue_write(pipe, reply_key, chunk)
             await pipe.execute()
 
-    async def _finish(self, entry_id: str) -> None:
-        """Acknowledge the job and remove it from the stream (it holds only open jobs)."""
+    def _queue_write(self, pipe: Pipeline, reply_key: str, chunk: Chunk) -> None:
+        pipe.xadd(reply_key, chunk.fields(), maxlen=REPLY_MAXLEN, approximate=True)
+        pipe.expire(reply_key, self.settings.result_ttl_seconds)
+
+    async def _finish(
+        self, entry_id: str, reply_key: str | None = None, final: Chunk | None = None
+    ) -> None:
+        """Acknowledge the job and remove it from the stream (it holds only open jobs), in
+        the same transaction as its final answer when there is one."""
         while True:
             try:
                 async with self.client.pipeline(transaction=True) as pipe:
+                    if reply_key is not None and final is not None:
+                        self._queue_write(pipe, reply_key, final)
                     pipe.xack(self.keys.jobs, GROUP, entry_id)
                     pipe.xdel(self.keys.jobs, entry_id)
                     await pipe.execute()
