@@ -117,6 +117,13 @@ def add_preferences_arguments(parser: argparse.ArgumentParser) -> None:
         "history and in their own conversation (0: none) [%(default)s]",
     )
     synth.add_argument(
+        "--chosen-uses",
+        type=int,
+        default=defaults.chosen_uses,
+        help="most pairs one good answer is the chosen reply of, so no example answer is "
+        "memorised word for word (0: no limit) [%(default)s]",
+    )
+    synth.add_argument(
         "--out",
         type=Path,
         help="pairs file (default: characters/<id>/data/preferences/synthetic.jsonl; its card "
@@ -187,6 +194,8 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "prefix_refresh_every": "re-run the shared prefix every N steps (1 = exact)",
         "beta": "DPO only: how far the adapter may move from the one it starts from",
         "sft_weight": "DPO only: weight of an SFT term on the chosen replies (RPO; 0: none)",
+        "sft_sources": "DPO only: pair sources whose chosen replies get the SFT term, e.g. "
+        "contrast (default: all)",
         "eval_fraction": "DPO only: share of pairs held out (by prompt) for reward accuracy",
     }
     dpo_only = {k: v for k, v in DpoRecipe.model_fields.items() if k not in Recipe.model_fields}
@@ -199,7 +208,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
             if dpo_default != default:
                 default = f"{default}; DPO {dpo_default}"
         kwargs: dict = {"help": f"{helps[name]} [{default}]"}
-        if name == "target_modules":
+        if name in ("target_modules", "sft_sources"):
             kwargs["nargs"] = "+"
         elif name == "schedule":
             kwargs["choices"] = ["cosine", "linear", "constant"]
@@ -503,6 +512,7 @@ def command_preferences(args: argparse.Namespace) -> int:
         samples=args.samples,
         contrast=args.contrast,
         topic_messages=args.topic_messages,
+        chosen_uses=args.chosen_uses,
     )
     synth, path = run_synth(config, registry, character, options, args.out)
     sources = ", ".join(

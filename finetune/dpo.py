@@ -133,8 +133,12 @@ def train_dpo(
     torch.manual_seed(recipe.seed)
     model, tokenizer, device, quantization = load_base_model(config)
     if recipe.share_prefix:
-        train_set, skipped = encode_pairs(train_pairs, tokenizer, recipe.max_seq_len)
-        eval_set, skipped_eval = encode_pairs(eval_pairs, tokenizer, recipe.max_seq_len)
+        train_set, skipped = encode_pairs(
+            train_pairs, tokenizer, recipe.max_seq_len, recipe.sft_sources
+        )
+        eval_set, skipped_eval = encode_pairs(
+            eval_pairs, tokenizer, recipe.max_seq_len, recipe.sft_sources
+        )
     else:
         train_set, skipped = dpo_rows(train_pairs, tokenizer, recipe.max_seq_len)
         eval_set, skipped_eval = dpo_rows(eval_pairs, tokenizer, recipe.max_seq_len)

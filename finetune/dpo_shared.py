@@ -13,6 +13,7 @@ current weights every step).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,7 @@ class EncodedPair:
     chosen: EncodedExample
     rejected: EncodedExample
     reference: tuple[float, float] = (math.nan, math.nan)  # log p(chosen), log p(rejected)
+    sft: bool = True  # whether the chosen reply gets the recipe's SFT term
 
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
@@ -48,10 +50,14 @@ def common_prefix(sequences: Sequence[Sequence[int]]) -> tuple[int, ...]:
 
 
 def encode_pairs(
-    pairs: Sequence[PreferencePair], tokenizer: Any, max_seq_len: int
+    pairs: Sequence[PreferencePair],
+    tokenizer: Any,
+    max_seq_len: int,
+    sft_sources: Sequence[str] | None = None,
 ) -> tuple[list[EncodedPair], int]:
     """Token ids of each pair's two rows (prompt + reply and its end of turn), all sharing the
-    prompts' common prefix (the card); and how many pairs were longer than `max_seq_len`."""
+    prompts' common prefix (the card); and how many pairs were longer than `max_seq_len`.
+    Pairs of `sft_sources` (None: all) get the SFT term."""
     prompts = [token_ids(tokenizer, pair.prompt) for pair in pairs]
     # Keep one prompt token out of the prefix: a row's body is never only its reply.
     prefix = common_prefix([ids[:-1] for ids in prompts])
@@ -65,7 +71,8 @@ def encode_pairs(
         if max(len(row) for row in rows) > max_seq_len:
             skipped += 1
             continue
-        encoded.append(EncodedPair(rows[0], rows[1]))
+        sft = sft_sources is None or pair.source in sft_sources
+        encoded.append(EncodedPair(rows[0], rows[1], sft=sft))
     return encoded, skipped
 
 
@@ -90,8 +97,8 @@ def pair_loss(
     counts: torch.Tensor,
     recipe: DpoRecipe,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """trl's loss for the batch (mean DPO sigmoid loss + sft_weight x chosen NLL per token),
-    and its figures under trl's names."""
+    """trl's loss for the batch (mean DPO sigmoid loss + sft_weight x chosen NLL per token, over
+    the pairs that take the SFT term), and its figures under trl's names."""
     n = len(batch)
     chosen, rejected = logps[:n], logps[n:]
     reference = torch.tensor([p.reference for p in batch], dtype=logps.dtype, device=logps.device)
@@ -99,8 +106,10 @@ def pair_loss(
     reward_rejected = recipe.beta * (rejected - reference[:, 1])
     dpo = -F.logsigmoid(reward_chosen - reward_rejected)
     loss = dpo.mean()
-    if recipe.sft_weight:
-        loss = loss + recipe.sft_weight * (-chosen.sum() / counts[:n].sum().clamp(min=1))
+    anchored = torch.tensor([p.sft for p in batch], device=logps.device)
+    if recipe.sft_weight and anchored.any():
+        nll = -chosen[anchored].sum() / counts[:n][anchored].sum().clamp(min=1)
+        loss = loss + recipe.sft_weight * nll
     margin = (reward_chosen - reward_rejected).detach()
     figures = {
         "dpo_loss": dpo.detach().mean().item(),
@@ -124,7 +133,7 @@ def with_reference(
         logps, _ = sequence_logps(model, _rows(batch), device=device, prefixes=prefixes, step=0)
         n = len(batch)
         for pair, c, r in zip(batch, logps[:n].tolist(), logps[n:].tolist(), strict=True):
-            done.append(EncodedPair(pair.chosen, pair.rejected, (c, r)))
+            done.append(dataclasses.replace(pair, reference=(c, r)))
     model.train(training)
     return done
 

@@ -124,10 +124,14 @@ def run_synth(
     for name in ("contexts", "samples"):
         if getattr(options, name) < 1:
             raise FinetuneError(f"--{name} {getattr(options, name)}: give at least 1")
-    for name in ("contrast", "topic_messages"):
+    for name, zero in (
+        ("contrast", "none"),
+        ("topic_messages", "none"),
+        ("chosen_uses", "no limit"),
+    ):
         if getattr(options, name) < 0:
             flag = "--" + name.replace("_", "-")
-            raise FinetuneError(f"{flag} {getattr(options, name)}: give 0 (none) or more")
+            raise FinetuneError(f"{flag} {getattr(options, name)}: give 0 ({zero}) or more")
     files = DatasetFiles.of(config.characters_path, character.id)
     if not files.train.is_file():
         raise FinetuneError(

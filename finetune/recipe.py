@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bot.config import describe_validation_error
 from finetune.errors import FinetuneError
+from finetune.preference_data import SOURCES
 
 
 class RecipeError(FinetuneError):
@@ -81,12 +82,29 @@ class DpoRecipe(BaseModel):
     # Weight of an SFT term (the chosen reply's NLL) added to the DPO loss, as in RPO: it keeps
     # the chosen replies likely instead of only more likely than the rejected ones (0: DPO only).
     sft_weight: float = Field(0.0, ge=0)
+    # The pairs whose chosen reply gets that SFT term (None: every pair, as trl does). The
+    # project's loop only: e.g. [contrast] anchors the adapter on the character's real lines
+    # without making it recite the rules' few example answers.
+    sft_sources: list[str] | None = None
     # The project's own loop with the card prefix run once (finetune/dpo_shared.py) instead of
     # trl's DPOTrainer: far faster on a CPU, but no gradient through the prefix.
     share_prefix: bool = False
     eval_fraction: float = Field(0.15, ge=0, lt=1)  # pairs held out for reward accuracy
     eval_every: int = Field(10, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_sft_sources(self) -> DpoRecipe:
+        unknown = [s for s in self.sft_sources or () if s not in SOURCES]
+        if unknown:
+            raise ValueError(
+                f"sft_sources: {', '.join(unknown)} is not a source; allowed: {', '.join(SOURCES)}"
+            )
+        if self.sft_sources is not None and not self.share_prefix:
+            raise ValueError(
+                "sft_sources needs share_prefix: true (trl's SFT term covers every pair)"
+            )
+        return self
 
 
 RecipeType = type[Recipe] | type[DpoRecipe]

@@ -70,6 +70,7 @@ class SynthOptions:
     samples: int = 4  # answers sampled per prompt by the base model and by the adapter, each
     contrast: int = 48  # contrast pairs wanted (0: none)
     topic_messages: int = 8  # per rule: training messages on its topic asked too (0: none)
+    chosen_uses: int = 4  # most pairs one good answer is the chosen reply of (0: no limit)
     temperature: float = 0.7  # the bot's: rejected answers are the failures users would see
     top_p: float = 0.95
     max_new_tokens: int = 48
@@ -207,12 +208,20 @@ def judge(character: Character, rule_prompt: RulePrompt, answer: str) -> str:
 
 
 def rule_pairs(
-    character: Character, rule_prompt: RulePrompt, answers: Sequence[str], limit: int
+    character: Character,
+    rule_prompt: RulePrompt,
+    answers: Sequence[str],
+    limit: int,
+    uses: Counter[str] | None = None,
+    max_uses: int = 0,
 ) -> tuple[list[PreferencePair], Counter[str]]:
     """Pairs for one prompt: each distinct breaking answer against a good one, at most `limit`.
     Good answers are the prompt's examples (the rule's own, or the real line that answered the
-    message), in turn; samples that break no guard only when there is no example: a sample can
-    keep the rule and still be a poor answer."""
+    message) and the samples that break no guard; each breaking answer gets the good one used
+    least so far (examples first on a tie). `uses` counts the good answers over every prompt of
+    a set; with `max_uses` none is the chosen reply of more pairs than that: one example
+    answer repeated in dozens of pairs is memorised word for word, not learned as a rule."""
+    uses = Counter() if uses is None else uses
     verdicts = Counter()
     bad, passing = [], []
     for answer in dict.fromkeys(a for a in answers if a.strip()):
@@ -222,19 +231,19 @@ def rule_pairs(
             bad.append(answer)
         elif verdict == "passed":
             passing.append(answer)
-    good = list(dict.fromkeys(rule_prompt.examples)) or passing
-    pairs = [
-        PreferencePair(
-            character.id,
-            "rule",
-            rule_prompt.prompt,
-            good[n % len(good)],
-            rejected,
-            rule_prompt.rule,
+    good = list(dict.fromkeys([*rule_prompt.examples, *passing]))
+    pairs = []
+    for rejected in bad[:limit]:
+        free = [g for g in good if not max_uses or uses[g] < max_uses]
+        if not free:
+            break
+        chosen = min(free, key=lambda g: uses[g])  # min keeps the first of equals
+        uses[chosen] += 1
+        pairs.append(
+            PreferencePair(
+                character.id, "rule", rule_prompt.prompt, chosen, rejected, rule_prompt.rule
+            )
         )
-        for n, rejected in enumerate(bad[:limit])
-        if good
-    ]
     return pairs, verdicts
 
 
@@ -284,6 +293,7 @@ def synthesize(
         desc=f"rule samples {character.id}",
     )
     per_prompt = len(models) * options.samples
+    uses: Counter[str] = Counter()
     for n, rule_prompt in enumerate(prompts):
         texts = [
             clean_character_reply(
@@ -295,7 +305,9 @@ def synthesize(
             )
             for answer in answers[n * per_prompt : (n + 1) * per_prompt]
         ]
-        pairs, verdicts = rule_pairs(character, rule_prompt, texts, options.samples)
+        pairs, verdicts = rule_pairs(
+            character, rule_prompt, texts, options.samples, uses, options.chosen_uses
+        )
         result.pairs += pairs
         result.samples += verdicts
     if options.contrast:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_judge_tells_this_rule_broken_from_another_rule_broken(goku):
     assert judge(goku, rule_prompt, "As an AI, I like Mr. Zenny.") == "other"
 
 
-def test_rule_pairs_put_breaking_answers_against_the_examples_else_passing_ones(goku):
+def test_rule_pairs_spread_breaking_answers_over_the_examples_and_passing_samples(goku):
     rule_prompt = zeno_prompt(goku)
     answers = [
         "Zeno is scary.",
@@ -72,9 +73,10 @@ def test_rule_pairs_put_breaking_answers_against_the_examples_else_passing_ones(
     ]
     pairs, verdicts = rule_pairs(goku, rule_prompt, answers, limit=4)
     example = rule_prompt.examples[0]
+    # Each breaking answer gets the good answer used least so far, the example first.
     assert [(p.chosen, p.rejected) for p in pairs] == [
         (example, "Zeno is scary."),
-        (example, "Lord Zeno rules all."),
+        ("Mr. Zenny is my buddy!", "Lord Zeno rules all."),
     ]
     assert all(p.source == "rule" and p.detail == rule_prompt.rule for p in pairs)
     assert verdicts == {"broke": 2, "passed": 1, "other": 1}
@@ -83,6 +85,19 @@ def test_rule_pairs_put_breaking_answers_against_the_examples_else_passing_ones(
     bare = dataclasses.replace(rule_prompt, examples=())
     pairs, _ = rule_pairs(goku, bare, answers, limit=4)
     assert [p.chosen for p in pairs] == ["Mr. Zenny is my buddy!"] * 2
+
+
+def test_no_good_answer_is_the_chosen_reply_of_more_than_max_uses_pairs(goku):
+    rule_prompt = zeno_prompt(goku)
+    example = rule_prompt.examples[0]
+    uses = Counter()
+    chosen = []
+    for n in range(3):  # three prompts of the same rule, two breaking answers each
+        answers = [f"Zeno is scary {n}.", f"Lord Zeno rules {n}.", "Mr. Zenny is my buddy!"]
+        pairs, _ = rule_pairs(goku, rule_prompt, answers, limit=4, uses=uses, max_uses=2)
+        chosen += [p.chosen for p in pairs]
+    assert chosen == [example, "Mr. Zenny is my buddy!"] * 2  # then both are used up
+    assert uses == {example: 2, "Mr. Zenny is my buddy!": 2}
 
 
 def test_identity_challenges_take_the_card_s_own_answers(goku, tokenizer):
@@ -214,6 +229,35 @@ def test_pair_loss_is_dpo_s_sigmoid_loss_plus_the_weighted_chosen_nll():
     assert figures["rewards/margins"] == pytest.approx(0.2) and figures["rewards/accuracies"] == 1
     weighted, _ = pair_loss([pair], logps, counts, DpoRecipe(beta=0.1, sft_weight=0.5))
     assert float(weighted) == pytest.approx(math.log(2) + 0.5 * 4.0 / 2)
+    # Only the pairs that take the SFT term count in it: here the second pair's 3 tokens, 9 nats.
+    unanchored = dataclasses.replace(pair, sft=False)
+    anchored = EncodedPair(row, row, reference=(-9.0, -9.0))
+    logps2, counts2 = torch.tensor([-4.0, -9.0, -6.0, -9.0]), torch.tensor([2, 3, 2, 3])
+    recipe = DpoRecipe(beta=0.1, sft_weight=0.5)
+    mixed, _ = pair_loss([unanchored, anchored], logps2, counts2, recipe)
+    assert float(mixed) == pytest.approx(math.log(2) + 0.5 * 9.0 / 3)
+    none, _ = pair_loss([unanchored], logps, counts, recipe)
+    assert float(none) == pytest.approx(math.log(2))
+
+
+def test_encode_pairs_marks_the_sources_that_take_the_sft_term(goku, tokenizer):
+    rule, contrast = goku_pairs(goku, tokenizer, QUESTIONS[:2], GOOD[:2], BAD[:2])
+    contrast = dataclasses.replace(contrast, source="contrast")
+    encoded, _ = encode_pairs([rule, contrast], tokenizer, 2048, sft_sources=["contrast"])
+    assert [p.sft for p in encoded] == [False, True]
+    encoded, _ = encode_pairs([rule, contrast], tokenizer, 2048)
+    assert [p.sft for p in encoded] == [True, True]  # None: every pair, as trl does
+
+
+def test_recipe_refuses_unknown_sft_sources_and_sft_sources_for_trl(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("share_prefix: true\nsft_sources: [contrast, chat]\n")
+    with pytest.raises(RecipeError, match="chat is not a source; allowed: swipe, vote, rule"):
+        load_recipe(bad, DpoRecipe)
+    trl = tmp_path / "trl.yaml"
+    trl.write_text("share_prefix: false\nsft_sources: [contrast]\n")
+    with pytest.raises(RecipeError, match="sft_sources needs share_prefix: true"):
+        load_recipe(trl, DpoRecipe)
 
 
 def test_shared_prefix_log_probs_equal_full_sequences(engine, goku, tokenizer):
@@ -303,6 +347,8 @@ def test_bad_synth_options_are_refused_before_loading_anything(cast_config, caps
     assert "--samples 0: give at least 1" in capsys.readouterr().err
     assert main(["preferences", "synth", "goku", "--topic-messages", "-1"]) == 2
     assert "--topic-messages -1: give 0 (none) or more" in capsys.readouterr().err
+    assert main(["preferences", "synth", "goku", "--chosen-uses", "-2"]) == 2
+    assert "--chosen-uses -2: give 0 (no limit) or more" in capsys.readouterr().err
 
 
 # -- DPO on the embedded model -----------------------------------------------------------------
