@@ -37,6 +37,7 @@ from bot.engine import InferenceEngine
 from bot.training_data import DatasetFiles
 from finetune import metrics
 from finetune.eval_adapters_report import DAMAGE_TARGET, VERSIONS, write_adapter_report
+from finetune.eval_persona_chat import held_out_dialogues, spc_damage_guard
 from finetune.eval_report import (
     BOOTSTRAP_LEVEL,
     BOOTSTRAP_RESAMPLES,
@@ -52,14 +53,12 @@ from finetune.evaluate import (
     attribution_section,
     check_data,
     collect_items,
-    held_out_dialogues,
     held_out_examples,
-    perplexity_under,
     probe_outcomes,
     sample_answers,
     skipped_persona_chat_sections,
-    spc_damage_guard,
 )
+from finetune.losses import perplexity_under
 from finetune.probes import character_probes
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,9 @@ from transformers import DynamicCache
 
 from finetune.examples import IGNORE, EncodedExample
 from finetune.recipe import Recipe
+
+if TYPE_CHECKING:
+    from bot.engine import InferenceEngine
 
 # -- batches -----------------------------------------------------------------------------------
 
@@ -193,3 +196,12 @@ def example_losses(
         for example, mean in zip(batch, (sums / counts).tolist(), strict=True):
             result[index[id(example)]] = mean
     return result
+
+
+def perplexity_under(
+    engine: InferenceEngine, adapter: str | None, examples: list[EncodedExample], batch_size: int
+) -> float:
+    """exp of the mean target-token loss of `examples` through `adapter` (None: the base)."""
+    with engine.using_adapter(adapter) as model:
+        loss = evaluate(model, examples, Recipe(batch_size=batch_size), engine.device)
+    return math.exp(loss)
