@@ -217,10 +217,12 @@ def rule_pairs(
 ) -> tuple[list[PreferencePair], Counter[str]]:
     """Pairs for one prompt: each distinct breaking answer against a good one, at most `limit`.
     Good answers are the prompt's examples (the rule's own, or the real line that answered the
-    message) and the samples that break no guard; each breaking answer gets the good one used
-    least so far (examples first on a tie). `uses` counts the good answers over every prompt of
-    a set; with `max_uses` none is the chosen reply of more pairs than that: one example
-    answer repeated in dozens of pairs is memorised word for word, not learned as a rule."""
+    message); samples that break no guard only when there is none: a sample can keep the guard
+    and still be a poor answer ("Super Saiyan 4?! Oh yeah!" has the question mark the guard
+    asks for). Each breaking answer gets the good one used least so far. `uses` counts them
+    over every prompt of a set; with `max_uses` none is the chosen reply of more pairs than
+    that: one example answer chosen in dozens of pairs is recited word for word, not learned
+    as a rule."""
     uses = Counter() if uses is None else uses
     verdicts = Counter()
     bad, passing = [], []
@@ -231,13 +233,13 @@ def rule_pairs(
             bad.append(answer)
         elif verdict == "passed":
             passing.append(answer)
-    good = list(dict.fromkeys([*rule_prompt.examples, *passing]))
+    good = list(dict.fromkeys(rule_prompt.examples)) or passing
     pairs = []
     for rejected in bad[:limit]:
         free = [g for g in good if not max_uses or uses[g] < max_uses]
         if not free:
             break
-        chosen = min(free, key=lambda g: uses[g])  # min keeps the first of equals
+        chosen = min(free, key=lambda g: uses[g])  # the first of equals
         uses[chosen] += 1
         pairs.append(
             PreferencePair(

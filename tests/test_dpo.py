@@ -62,7 +62,7 @@ def test_judge_tells_this_rule_broken_from_another_rule_broken(goku):
     assert judge(goku, rule_prompt, "As an AI, I like Mr. Zenny.") == "other"
 
 
-def test_rule_pairs_spread_breaking_answers_over_the_examples_and_passing_samples(goku):
+def test_rule_pairs_put_breaking_answers_against_the_examples_else_passing_ones(goku):
     rule_prompt = zeno_prompt(goku)
     answers = [
         "Zeno is scary.",
@@ -73,10 +73,9 @@ def test_rule_pairs_spread_breaking_answers_over_the_examples_and_passing_sample
     ]
     pairs, verdicts = rule_pairs(goku, rule_prompt, answers, limit=4)
     example = rule_prompt.examples[0]
-    # Each breaking answer gets the good answer used least so far, the example first.
     assert [(p.chosen, p.rejected) for p in pairs] == [
         (example, "Zeno is scary."),
-        ("Mr. Zenny is my buddy!", "Lord Zeno rules all."),
+        (example, "Lord Zeno rules all."),
     ]
     assert all(p.source == "rule" and p.detail == rule_prompt.rule for p in pairs)
     assert verdicts == {"broke": 2, "passed": 1, "other": 1}
@@ -90,14 +89,17 @@ def test_rule_pairs_spread_breaking_answers_over_the_examples_and_passing_sample
 def test_no_good_answer_is_the_chosen_reply_of_more_than_max_uses_pairs(goku):
     rule_prompt = zeno_prompt(goku)
     example = rule_prompt.examples[0]
+    other = "Mr. Zenny? My little buddy!"
+    two = dataclasses.replace(rule_prompt, examples=(example, other))
     uses = Counter()
     chosen = []
     for n in range(3):  # three prompts of the same rule, two breaking answers each
         answers = [f"Zeno is scary {n}.", f"Lord Zeno rules {n}.", "Mr. Zenny is my buddy!"]
-        pairs, _ = rule_pairs(goku, rule_prompt, answers, limit=4, uses=uses, max_uses=2)
+        pairs, _ = rule_pairs(goku, two, answers, limit=4, uses=uses, max_uses=2)
         chosen += [p.chosen for p in pairs]
-    assert chosen == [example, "Mr. Zenny is my buddy!"] * 2  # then both are used up
-    assert uses == {example: 2, "Mr. Zenny is my buddy!": 2}
+    # Each breaking answer gets the example used least so far; then both are used up.
+    assert chosen == [example, other] * 2
+    assert uses == {example: 2, other: 2}
 
 
 def test_identity_challenges_take_the_card_s_own_answers(goku, tokenizer):
