@@ -216,9 +216,10 @@ def _train_with_trl(
         beta=recipe.beta,
         **loss_settings(recipe),
         max_length=recipe.max_seq_len,
-        # Once for every pair before a whole-epoch run; per step (only the pairs trained on) when
-        # max_steps stops it early.
-        precompute_ref_log_probs=recipe.max_steps is None,
+        # Once for every pair when the run sees each pair at least once; per step (only the
+        # pairs trained on) when max_steps stops it before the end of the first epoch.
+        precompute_ref_log_probs=recipe.max_steps is None
+        or recipe.max_steps * recipe.batch_size * recipe.grad_accum >= len(train_rows),
         logging_steps=1,
         eval_strategy="steps" if eval_rows else "no",
         eval_steps=recipe.eval_every,

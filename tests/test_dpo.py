@@ -385,7 +385,11 @@ QUESTIONS = [
 def test_dpo_lowers_the_loss_and_raises_reward_accuracy_on_held_out_pairs(
     goku, config, tokenizer, tmp_path, share_prefix
 ):
-    card = goku.model_copy(update={"examples": [], "rules": [], "personality": []})
+    # A short card: trl runs every prompt token with gradient, and ~270 tokens of it cost minutes.
+    short = {"description": "A cheerful Saiyan fighter.", "speech_style": "Short sentences."}
+    card = goku.model_copy(
+        update={"examples": [], "rules": [], "personality": [], "scenario": "", **short}
+    )
     pairs = []
     for shift in range(2):  # every question with two of the pairs, each prompt one group
         for n, question in enumerate(QUESTIONS):
