@@ -274,7 +274,7 @@ class ModelWorker:
         # The answer and the acknowledgement land together, retried until they do: an answer
         # that is lost would be generated again elsewhere, and a job still pending after its
         # answer was read could be taken over and answered twice.
-        await self._finish(entry_id, reply_key, final)
+        await self._finish(entry_id, answer=(reply_key, final))
 
     async def _write(self, reply_key: str, chunk: Chunk) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -285,16 +285,14 @@ class ModelWorker:
         pipe.xadd(reply_key, chunk.fields(), maxlen=REPLY_MAXLEN, approximate=True)
         pipe.expire(reply_key, self.settings.result_ttl_seconds)
 
-    async def _finish(
-        self, entry_id: str, reply_key: str | None = None, final: Chunk | None = None
-    ) -> None:
+    async def _finish(self, entry_id: str, answer: tuple[str, Chunk] | None = None) -> None:
         """Acknowledge the job and remove it from the stream (it holds only open jobs), in
-        the same transaction as its final answer when there is one."""
+        the same transaction as its final answer (reply key, chunk) when there is one."""
         while True:
             try:
                 async with self.client.pipeline(transaction=True) as pipe:
-                    if reply_key is not None and final is not None:
-                        self._queue_write(pipe, reply_key, final)
+                    if answer is not None:
+                        self._queue_write(pipe, *answer)
                     pipe.xack(self.keys.jobs, GROUP, entry_id)
                     pipe.xdel(self.keys.jobs, entry_id)
                     await pipe.execute()
