@@ -83,7 +83,10 @@ class Guard(_Strict):
 
 class Rule(_Strict):
     rule: str = Field(min_length=1)
-    examples: list[Exchange] = []
+    examples: list[Exchange] = []  # shown in the prompt, and the guard's fallback answers
+    # More exchanges that keep the rule, for preference training only (`preferences synth`
+    # asks their questions): not in the prompt, so they cost no prompt tokens.
+    training_examples: list[Exchange] = []
     # One guard, or a list when parts apply in different situations (one always, one `when`).
     guard: list[Guard] = []
 
@@ -91,6 +94,11 @@ class Rule(_Strict):
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, dict) else value
+
+    @property
+    def exchanges(self) -> list[Exchange]:
+        """Every exchange that keeps the rule: the shown examples, then the training-only ones."""
+        return [*self.examples, *self.training_examples]
 
 
 class Character(_Strict):
@@ -120,14 +128,15 @@ class Character(_Strict):
         from bot.guards import violations
 
         for index, rule in enumerate(self.rules):
-            for example in rule.examples:
-                broken = violations(self, example.user, example.character)
-                if broken:
-                    raise ValueError(
-                        f"rules[{index}]: the example answer {example.character[:60]!r} breaks "
-                        f"a guard ({broken[0].rule[:60]!r}: it {broken[0].reason}); fix the "
-                        "answer or the guard"
-                    )
+            for field_name in ("examples", "training_examples"):
+                for n, example in enumerate(getattr(rule, field_name)):
+                    broken = violations(self, example.user, example.character)
+                    if broken:
+                        raise ValueError(
+                            f"rules[{index}].{field_name}[{n}]: the answer "
+                            f"{example.character[:60]!r} breaks a guard ({broken[0].rule[:60]!r}: "
+                            f"it {broken[0].reason}); fix the answer or the guard"
+                        )
         return self
 
     @field_validator("examples")

@@ -109,8 +109,9 @@ def clean_character_reply(
 def guarded_fallback(
     character: Character, message: str, broken: list[Violation], *, seed: int = 0
 ) -> str:
-    """What a character says when every sample broke a guard: the broken rule's example answer
-    whose question is closest to the message, else one of the card's fallback lines."""
+    """What a character says when every sample broke a guard: the broken rule's example (or
+    training example) answer whose question is closest to the message, else one of the card's
+    fallback lines."""
     words = _content_words(message)
     best: tuple[int, bool, str] | None = None  # (shared words, on topic, answer)
     for violation in broken:
@@ -119,7 +120,7 @@ def guarded_fallback(
         # A must_say rule applies only on its topic (its `when` matched): its examples are on
         # that topic even when they share no word with the message.
         on_topic = violation.kind == "must_say"
-        for example in character.rules[violation.rule_index].examples:
+        for example in character.rules[violation.rule_index].exchanges:
             shared = len(words & _content_words(example.user))
             if best is None or (shared, on_topic) > best[:2]:
                 best = (shared, on_topic, example.character)

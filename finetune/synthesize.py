@@ -1,8 +1,9 @@
 """Preference pairs without users (`python -m finetune preferences synth ID`).
 
-Rule pairs: each rule that has a guard and example questions is asked its own example questions
-(and every card's default guard, that the character never calls itself an AI, a few identity
-challenges), once with no history and after a few windows of the character's training dialogue;
+Rule pairs: each rule that has a guard is asked its own example questions and training-only
+example questions (`training_examples` in the card: not in the prompt), and every card's default
+guard, that the character never calls itself an AI, a few identity challenges and the card's
+own ones; once with no history and after a few windows of the character's training dialogue;
 and the messages of the character's training lines that are on a rule's topic (they trigger its
 guard's `when`), with no history and in their own conversation, so a rule is taught on more
 than one phrasing. The base model and the character's adapter each sample answers; those that
@@ -26,7 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bot.characters import Character
+from bot.characters import Character, Exchange
 from bot.engine import InferenceEngine, SamplingSettings
 from bot.guards import AI_RULE, violations
 from bot.history import Turn
@@ -50,18 +51,21 @@ IDENTITY_CHALLENGE = re.compile(
 )
 
 
-def identity_answers(character: Character) -> tuple[str, ...]:
-    """The card's own answers (rule examples and example dialogues) to identity challenges
-    that stay the character (they say its name)."""
-    exchanges = [e for rule in character.rules for e in rule.examples]
+def identity_exchanges(character: Character) -> list[Exchange]:
+    """The card's exchanges (rules' examples and training examples, example dialogues) that
+    answer an identity challenge and stay the character (the answer says its name)."""
+    exchanges = [e for rule in character.rules for e in rule.exchanges]
     exchanges += [e for dialogue in character.examples for e in dialogue]
-    return tuple(
-        dict.fromkeys(
-            e.character
-            for e in exchanges
-            if IDENTITY_CHALLENGE.search(e.user) and says_own_name(character, e.character)
-        )
-    )
+    return [
+        e
+        for e in exchanges
+        if IDENTITY_CHALLENGE.search(e.user) and says_own_name(character, e.character)
+    ]
+
+
+def identity_answers(character: Character) -> tuple[str, ...]:
+    """The card's own answers to identity challenges that stay the character."""
+    return tuple(dict.fromkeys(e.character for e in identity_exchanges(character)))
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,16 @@ def topic_records(
     return found[:limit]
 
 
+def same_question_answers(
+    rule_index: int | None, rule: str, exchanges: Sequence[Exchange]
+) -> list[tuple[int | None, str, str, tuple[str, ...]]]:
+    """Each distinct question of `exchanges` once, with every answer the card gives to it."""
+    answers: dict[str, list[str]] = {}
+    for exchange in exchanges:
+        answers.setdefault(exchange.user, []).append(exchange.character)
+    return [(rule_index, rule, q, tuple(dict.fromkeys(a))) for q, a in answers.items()]
+
+
 def rule_prompts(
     character: Character,
     windows: Sequence[Sequence[Turn]],
@@ -159,16 +173,15 @@ def rule_prompts(
     if character.ai_guard:
         answers = identity_answers(character)
         questions += [(None, AI_RULE, q, answers) for q in IDENTITY_QUESTIONS]
+        questions += same_question_answers(None, AI_RULE, identity_exchanges(character))
     for index, rule in enumerate(character.rules):
         if not rule.guard:
             skipped.append(f"rules[{index}] has no guard to judge answers by")
             continue
-        if not rule.examples:
+        if not rule.exchanges:
             skipped.append(f"rules[{index}] has no example question to ask")
             continue
-        for example in rule.examples:
-            answers = tuple(e.character for e in rule.examples if e.user == example.user)
-            questions.append((index, rule.rule, example.user, answers))
+        questions += same_question_answers(index, rule.rule, rule.exchanges)
         for record in topic_records(character, records, index, topic_messages):
             message = record.message
             assert message is not None

@@ -103,25 +103,53 @@ def test_no_good_answer_is_the_chosen_reply_of_more_than_max_uses_pairs(goku):
 
 
 def test_identity_challenges_take_the_card_s_own_answers(goku, tokenizer):
-    assert identity_answers(goku) == (goku.rules[3].examples[0].character,)
+    card = [*goku.rules[3].examples, *goku.rules[3].training_examples]  # "Are you an AI?" ...
+    assert identity_answers(goku) == tuple(e.character for e in card)
     prompts, _ = rule_prompts(goku, [[]], tokenizer=tokenizer, budget=1536)
-    ai = [p for p in prompts if p.rule_index is None]
-    assert ai and all(p.examples == identity_answers(goku) for p in ai)
+    ai = {p.message: p.examples for p in prompts if p.rule_index is None}
+    # The default questions take every such answer; the card's own questions their own answer.
+    assert all(ai[q] == identity_answers(goku) for q in IDENTITY_QUESTIONS)
+    assert all(ai[e.user] == (e.character,) for e in card)
+    assert len(ai) == len(IDENTITY_QUESTIONS) + len(card)
 
 
 def test_rule_prompts_ask_each_guarded_rules_examples_after_each_history(goku, tokenizer):
     windows = [[], [Turn("user", "Krillin", "Hungry?"), Turn("character", "Goku", "Always!")]]
     prompts, skipped = rule_prompts(goku, windows, tokenizer=tokenizer, budget=1536)
-    guarded = [i for i, r in enumerate(goku.rules) if r.guard and r.examples]
-    questions = len(IDENTITY_QUESTIONS) + sum(len(goku.rules[i].examples) for i in guarded)
+    guarded = [i for i, r in enumerate(goku.rules) if r.guard]
+    rules = [goku.rules[i] for i in guarded]
+    asked = [e for r in rules for e in (*r.examples, *r.training_examples)]
+    questions = len(IDENTITY_QUESTIONS) + len(identity_answers(goku)) + len(asked)
     assert len(prompts) == questions * len(windows)
     assert {p.rule_index for p in prompts} == {None, *guarded}
     ai = [p for p in prompts if p.rule_index is None]
-    assert {p.message for p in ai} == set(IDENTITY_QUESTIONS) and ai[0].rule == AI_RULE
+    assert set(IDENTITY_QUESTIONS) < {p.message for p in ai} and ai[0].rule == AI_RULE
     assert all(p.prompt.endswith("<|im_start|>assistant\n") for p in prompts)
     assert any("Krillin" in p.prompt for p in prompts) and "Krillin" in prompts[1].authors
     unguarded = [i for i, r in enumerate(goku.rules) if not r.guard]
     assert skipped == [f"rules[{i}] has no guard to judge answers by" for i in unguarded]
+
+
+def test_training_examples_are_asked_with_their_own_answers_but_never_shown(goku, tokenizer):
+    zeno = goku.rules[ZENO]
+    assert zeno.training_examples  # the card teaches the rule on more phrasings than it shows
+    prompts, _ = rule_prompts(goku, [[]], tokenizer=tokenizer, budget=1536)
+    asked = {p.message: p for p in prompts if p.rule_index == ZENO}
+    for example in zeno.training_examples:
+        assert asked[example.user].examples == (example.character,)
+    # Not in the prompt: the card's shown example is, the training-only answers are not.
+    system = prompts[0].prompt
+    assert zeno.examples[0].character in system
+    assert not any(e.character in system for e in zeno.training_examples)
+    # A rule with only training examples is still asked.
+    only_training = goku.model_copy(
+        update={"rules": [zeno.model_copy(update={"examples": []}), *goku.rules[2:]]}
+    )
+    prompts, skipped = rule_prompts(only_training, [[]], tokenizer=tokenizer, budget=1536)
+    assert {e.user for e in zeno.training_examples} <= {
+        p.message for p in prompts if p.rule_index == 0
+    }
+    assert "rules[0] has no example question to ask" not in skipped
 
 
 def test_identity_challenges_are_passed_only_by_answers_that_stay_the_character(goku):
@@ -152,11 +180,8 @@ def test_rule_prompts_ask_training_messages_on_a_rules_topic(goku, tokenizer):
     prompts, _ = rule_prompts(
         goku, [[]], tokenizer=tokenizer, budget=1536, records=records, topic_messages=2
     )
-    on_topic = [
-        p
-        for p in prompts
-        if p.rule_index == ZENO and p.message != "What do you think of Zeno, the Omni-King?"
-    ]
+    card = {e.user for e in (*goku.rules[ZENO].examples, *goku.rules[ZENO].training_examples)}
+    on_topic = [p for p in prompts if p.rule_index == ZENO and p.message not in card]
     # The first two usable lines, each with no history and in its own conversation.
     assert [p.message for p in on_topic] == [records[0].message.content] * 2 + [
         records[3].message.content

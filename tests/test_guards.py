@@ -48,8 +48,21 @@ def test_bad_guards_name_the_rule_and_what_is_wrong(tmp_path, guard, message):
 def test_an_example_answer_breaking_its_own_guard_is_refused(tmp_path):
     error = card_error(tmp_path, rules=rule({"never_say": ["try"]}, answer="Nice try!"))
     assert error.endswith(
-        "rules[0]: the example answer 'Nice try!' breaks a guard ('A rule.': it says 'try'); "
+        "rules[0].examples[0]: the answer 'Nice try!' breaks a guard ('A rule.': it says 'try'); "
         "fix the answer or the guard"
+    )
+
+
+def test_a_training_example_breaking_its_guard_is_refused_too(tmp_path):
+    rules = rule({"never_say": ["try"]}, answer="Fine.")
+    rules[0]["training_examples"] = [
+        {"user": "Hi?", "character": "Hello."},
+        {"user": "Go on?", "character": "One more try!"},
+    ]
+    error = card_error(tmp_path, rules=rules)
+    assert error.endswith(
+        "rules[0].training_examples[1]: the answer 'One more try!' breaks a guard ('A rule.': "
+        "it says 'try'); fix the answer or the guard"
     )
 
 
@@ -96,7 +109,7 @@ def test_partial_text_is_judged_by_never_say_only():
 def test_the_shipped_cards_examples_pass_their_guards():
     for character in CAST:
         for rule_ in character.rules:
-            for example in rule_.examples:
+            for example in rule_.exchanges:  # shown and training-only examples
                 assert violations(character, example.user, example.character) == []
 
 
@@ -117,3 +130,7 @@ def test_the_fallback_is_the_closest_example_answer_or_a_fallback_line():
     assert "Mr. Zenny" in guarded_fallback(goku, "Ever met the Omni-King?", omni)
     ai = violations(goku, "Are you an AI?", "I'm an AI.")
     assert guarded_fallback(goku, "Are you an AI?", ai, seed=2) == goku.fallback(2)
+    # Training-only examples answer too: the one whose question is closest.
+    beerus = "Who is stronger, Zeno or Beerus?"
+    closest = next(e for e in goku.rules[1].training_examples if "Beerus" in e.user)
+    assert guarded_fallback(goku, beerus, violations(goku, beerus, "Beerus!")) == closest.character
