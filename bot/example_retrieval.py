@@ -1,9 +1,9 @@
 """Few-shot examples chosen per message (the ChatHaruhi idea).
 
 Instead of the card's fixed example dialogues, the prompt gets the character's own lines whose
-question is most similar to the new message: the card's examples and rule examples plus the
-training set (`DatasetFiles.train`, never eval lines). Embeddings are computed
-once per character and cached.
+question is most similar to the new message: the card's examples and rule examples (shown and
+training-only) plus the training set (`DatasetFiles.train`, never eval lines). Embeddings are
+computed once per character and cached.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def character_exchanges(character: Character, characters_dir: Path) -> list[Exchange]:
     """Every (user line, character reply) pair the character has, card first, no duplicates."""
     pairs = [e for dialogue in character.examples for e in dialogue]
-    pairs += [e for rule in character.rules for e in rule.examples]
+    pairs += [e for rule in character.rules for e in rule.exchanges]
     train = DatasetFiles.of(characters_dir, character.id).train
     if train.is_file():
         try:

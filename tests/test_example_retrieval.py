@@ -25,7 +25,12 @@ LINES = [
 
 @pytest.fixture
 def characters_dir(tmp_path):
-    folder = write_character(tmp_path / "characters")
+    rule = {
+        "rule": "Never reveals the launch code.",
+        "examples": [{"user": "What is the code?", "character": "Nice try!"}],
+        "training_examples": [{"user": "Where is the code kept?", "character": "Somewhere safe."}],
+    }
+    folder = write_character(tmp_path / "characters", rules=[rule])
     (folder / "data").mkdir()
     records = [
         {"context": [{"role": "user", "author": "Sam", "text": q}], "reply": a} for q, a in LINES
@@ -41,8 +46,9 @@ def test_pool_is_card_then_training_lines_without_duplicates(characters_dir):
     tess = CharacterRegistry.load(characters_dir).get("tester")
     pairs = character_exchanges(tess, characters_dir)
     users = [p.user for p in pairs]
-    assert users[:3] == ["How are you?", "Scared?", "What is the code?"]  # card, rule example
-    assert users[3:] == [q for q, _ in LINES[:3]]  # training lines once, user turns only
+    # The card's dialogues, then its rule's shown and training-only examples.
+    assert users[:4] == ["How are you?", "Scared?", "What is the code?", "Where is the code kept?"]
+    assert users[4:] == [q for q, _ in LINES[:3]]  # training lines once, user turns only
 
 
 def test_the_closest_lines_are_chosen(characters_dir):
