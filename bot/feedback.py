@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
-import secrets
 import time
 import uuid
 import weakref
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 SWIPE_TTL_SECONDS = 30 * 24 * 3600  # buttons work this long after the last swap (or the post)
 MAX_ALTERNATIVES = 10  # answers per message: bounds the state (each is up to one message)
+# Samples per "another answer" before an answer already shown is shown again: a short, likely
+# answer ("I love eating!") can come back under a fresh seed, and the same text looks broken.
+SWIPE_TRIES = 3
 STATE_ID_HEX = 32  # uuid4().hex: the buttons' custom ids carry it (Discord allows 100 chars)
 
 EXPIRED = (
@@ -65,6 +68,13 @@ ENOUGH = (
 )
 FIRST = "This is already the first answer."
 LAST = "This is already the newest answer; press 🔄 for another one."
+
+
+def swipe_seed(state_id: str, shown_so_far: int, attempt: int) -> int:
+    """A seed of its own for each sample of a message's swipes (the config's fixed seed would
+    give the same answer again), reproducible from the message's state."""
+    digest = hashlib.sha256(f"{state_id}:{shown_so_far}:{attempt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -318,18 +328,21 @@ class FeedbackService:
             if len(state.alternatives) >= MAX_ALTERNATIVES:
                 return Refused(ENOUGH)
             character = self.registry.get(state.character_id)
-            sample = await self.responder.answer_again(
-                character,
-                state.prompt,
-                state.user_turn,
-                authors=state.authors,
-                said=state.said,
-                bare=state.bare_prompt,
-                fallback_seed=state.fallback_seed,
-                seed=secrets.randbelow(2**31),
-            )
-            text = (split_message(sample.text, limit) or [character.fallback(0)])[0]
-            if text in state.alternatives:  # e.g. the guard fallback again
+            for attempt in range(SWIPE_TRIES):
+                sample = await self.responder.answer_again(
+                    character,
+                    state.prompt,
+                    state.user_turn,
+                    authors=state.authors,
+                    said=state.said,
+                    bare=state.bare_prompt,
+                    fallback_seed=state.fallback_seed,
+                    seed=swipe_seed(state_id, len(state.alternatives), attempt),
+                )
+                text = (split_message(sample.text, limit) or [character.fallback(0)])[0]
+                if text not in state.alternatives:
+                    break
+            if text in state.alternatives:  # e.g. the guard fallback every time
                 index = state.alternatives.index(text)
                 if index == state.shown:
                     count = len(state.alternatives)

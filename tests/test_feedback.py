@@ -17,6 +17,7 @@ from bot.feedback import (
     FeedbackService,
     Refused,
     Voted,
+    swipe_seed,
 )
 from bot.generation import GenerationResult
 from bot.generation.openai_backend import OpenAIBackend
@@ -29,6 +30,12 @@ from tests.bot_fixtures import last_response, summon
 from tests.helpers import make_config, user_turn
 
 # -- HistoryStore.replace_last ------------------------------------------------------------------
+
+
+def test_each_sample_of_a_messages_swipes_has_its_own_seed():
+    seeds = {swipe_seed("abc", shown, attempt) for shown in range(10) for attempt in range(3)}
+    assert len(seeds) == 30 and all(0 <= s < 2**31 for s in seeds)
+    assert swipe_seed("abc", 1, 0) == swipe_seed("abc", 1, 0) != swipe_seed("abd", 1, 0)
 
 
 async def test_replace_last_only_while_the_turn_is_still_the_newest(history):
