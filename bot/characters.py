@@ -81,12 +81,50 @@ class Guard(_Strict):
         )
 
 
+class Mend(_Strict):
+    """One way to mend an answer that breaks a rule, for preference training only: the mended
+    answer is chosen over the answer itself (`preferences synth`), a pair that differs only
+    where the rule was broken. Either `find` (a regex, case-insensitive) whose matches become
+    `replace`, or `lead`: words put in front of the answer."""
+
+    find: str | None = None
+    replace: str = ""
+    lead: str | None = None
+
+    @field_validator("find")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_pattern(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Mend:
+        if (self.find is None) == (self.lead is None):
+            raise ValueError("a mend is either `find` (with `replace`) or `lead`")
+        if self.lead is not None and self.replace:
+            raise ValueError("`replace` goes with `find`, not with `lead`")
+        if self.lead is not None and not self.lead:
+            raise ValueError("`lead` needs the words to put in front")
+        return self
+
+    def apply(self, answer: str) -> str:
+        if self.lead is not None:
+            return f"{self.lead} {answer}"
+        assert self.find is not None
+        mended = compile_pattern(self.find).sub(self.replace, answer)
+        return re.sub(r"\s+", " ", mended).strip()
+
+
 class Rule(_Strict):
     rule: str = Field(min_length=1)
     examples: list[Exchange] = []  # shown in the prompt, and the guard's fallback answers
     # More exchanges that keep the rule, for preference training only (`preferences synth`
     # asks their questions): not in the prompt, so they cost no prompt tokens.
     training_examples: list[Exchange] = []
+    # How an answer that breaks the rule is mended (preference training only), tried in order
+    # until it keeps the rule.
+    mends: list[Mend] = []
     # One guard, or a list when parts apply in different situations (one always, one `when`).
     guard: list[Guard] = []
 

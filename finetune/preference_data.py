@@ -9,6 +9,9 @@ adds what the chat template writes after a reply). Sources:
   against the ones swiped away, an up-voted answer against a down-voted one for the same prompt.
 - `rule`: synthetic (`finetune.synthesize`): the rule's own example answers and samples that pass
   its guard, against samples that break it.
+- `mend`: synthetic: an answer of the character's own model that breaks a rule, mended by the
+  rule's `mends` in the card, against the answer as it was: the two differ only where the rule
+  was broken.
 - `contrast`: synthetic: the character's real line against what another character's adapter
   says to the same context.
 """
@@ -25,7 +28,7 @@ from bot.files import write_files_atomically
 from bot.preferences import PreferenceRecord
 from finetune.errors import FinetuneError
 
-SOURCES = ("swipe", "vote", "rule", "contrast")
+SOURCES = ("swipe", "vote", "rule", "mend", "contrast")
 # The files of a preferences folder (`DatasetFiles.preferences`); each .jsonl has its .md card.
 USER_PAIRS = "pairs.jsonl"  # exported from users' records
 USER_VOTES = "votes.jsonl"
@@ -167,10 +170,14 @@ def card_markdown(title: str, pairs: Sequence[PreferencePair], facts: dict[str, 
     lines = [f"# {title}", "", f"- pairs: {len(pairs)} over {prompts} prompts"]
     lines += [f"- {source}: {per_source[source]}" for source in SOURCES if per_source[source]]
     lines += [f"- {name}: {value}" for name, value in facts.items()]
-    details = Counter(p.detail for p in pairs if p.source == "rule")
-    if details:
-        lines += ["", "| rule | pairs |", "|---|---|"]
-        lines += [f"| {rule[:80]} | {n} |" for rule, n in details.most_common()]
+    per_rule = {s: Counter(p.detail for p in pairs if p.source == s) for s in ("rule", "mend")}
+    rules = per_rule["rule"] + per_rule["mend"]
+    if rules:
+        lines += ["", "| rule | rule pairs | mend pairs |", "|---|---|---|"]
+        lines += [
+            f"| {rule[:80]} | {per_rule['rule'][rule]} | {per_rule['mend'][rule]} |"
+            for rule, _ in rules.most_common()
+        ]
     return "\n".join(lines) + "\n"
 
 

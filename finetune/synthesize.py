@@ -14,6 +14,11 @@ the character's name: the card's own answers to such questions.
 Only the card and the training lines are read: never the held-out rule probes, which the
 report asks.
 
+Mend pairs: each answer of the character's own model (its adapter, greedy and sampled) that
+breaks a rule is mended by the rule's `mends` (card: replace the words that break it, or lead with
+words that keep it) and the mended answer chosen over it. Unlike the example answers, the chosen
+reply is the model's own but for the mended words, so training moves those words and little else.
+
 Contrast pairs: for a context from the character's training lines, the character's real line is
 chosen over what another character's adapter (or the base model, in a cast of one) answers with
 this character's card: they teach the adapter its speaker, not only the script's style.
@@ -27,7 +32,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bot.characters import Character, Exchange
+from bot.characters import Character, Exchange, Mend
 from bot.engine import InferenceEngine, SamplingSettings
 from bot.guards import AI_RULE, violations
 from bot.history import Turn
@@ -96,6 +101,8 @@ class RulePrompt:
 class SynthResult:
     pairs: list[PreferencePair] = field(default_factory=list)
     samples: Counter[str] = field(default_factory=Counter)  # "broke" / "passed" / "other"
+    # The own model's answers that broke their rule: "mended" / "not mended"
+    mends: Counter[str] = field(default_factory=Counter)
     skipped_rules: list[str] = field(default_factory=list)  # rules no pair can come from, why
 
     def facts(self) -> dict[str, object]:
@@ -103,6 +110,8 @@ class SynthResult:
             "samples that broke the rule's guard": self.samples["broke"],
             "samples that broke no guard": self.samples["passed"],
             "samples that broke only another rule (unused)": self.samples["other"],
+            "own answers that broke their rule, mended": self.mends["mended"],
+            "own answers that broke their rule, no mend fixed": self.mends["not mended"],
             "rules without pairs": "; ".join(self.skipped_rules) or "none",
         }
 
@@ -262,6 +271,53 @@ def rule_pairs(
     return pairs, verdicts
 
 
+def rule_mends(character: Character, rule_index: int | None) -> list[Mend]:
+    """The mends for a prompt's rule. The default AI guard has no rule in the card: its
+    identity challenges take the mends of the rules whose exchanges answer one as the character
+    (the card's own identity rule)."""
+    if rule_index is not None:
+        return list(character.rules[rule_index].mends)
+    identity = identity_exchanges(character)
+    return [
+        mend
+        for rule in character.rules
+        if any(e in identity for e in rule.exchanges)
+        for mend in rule.mends
+    ]
+
+
+def mended(character: Character, rule_prompt: RulePrompt, answer: str) -> str | None:
+    """`answer` mended by its rule's mends, each tried in order while the answer still breaks
+    the rule; None when they leave it breaking any guard (or have nothing to mend)."""
+    text = answer
+    for mend in rule_mends(character, rule_prompt.rule_index):
+        if judge(character, rule_prompt, text) != "broke":
+            break
+        text = mend.apply(text)
+    if text == answer or judge(character, rule_prompt, text) != "passed":
+        return None
+    return text
+
+
+def mend_pairs(
+    character: Character, rule_prompt: RulePrompt, answers: Sequence[str]
+) -> tuple[list[PreferencePair], Counter[str]]:
+    """For each distinct answer that breaks the prompt's rule: the mended answer chosen over it."""
+    pairs, counts = [], Counter()
+    for answer in dict.fromkeys(a for a in answers if a.strip()):
+        if judge(character, rule_prompt, answer) != "broke":
+            continue
+        text = mended(character, rule_prompt, answer)
+        counts["not mended" if text is None else "mended"] += 1
+        if text is not None:
+            pairs.append(
+                PreferencePair(
+                    character.id, "mend", rule_prompt.prompt, text, answer, rule_prompt.rule
+                )
+            )
+    return pairs, counts
+
+
 def sampling(options: SynthOptions, temperature: float | None = None) -> SamplingSettings:
     return SamplingSettings(
         max_new_tokens=options.max_new_tokens,
@@ -307,6 +363,18 @@ def synthesize(
         seed=options.seed,
         desc=f"rule samples {character.id}",
     )
+    # The own model's greedy answer too, for mend pairs: what it says most often is what to mend.
+    mending = any(rule_mends(character, p.rule_index) for p in prompts)
+    greedy = []
+    if mending:
+        greedy = generate_all(
+            engine,
+            [Job(p.prompt, own, character.id) for p in prompts],
+            sampling(options, temperature=0.0),
+            batch_size=options.batch_size,
+            seed=options.seed,
+            desc=f"greedy answers {character.id}",
+        )
     per_prompt = len(models) * options.samples
     uses: Counter[str] = Counter()
     for n, rule_prompt in enumerate(prompts):
@@ -318,13 +386,21 @@ def synthesize(
                 authors=rule_prompt.authors,
                 hit_token_limit=answer.hit_token_limit,
             )
-            for answer in answers[n * per_prompt : (n + 1) * per_prompt]
+            for answer in [
+                *answers[n * per_prompt : (n + 1) * per_prompt],
+                *greedy[n : n + 1],
+            ]
         ]
+        sampled, own_answers = texts[:per_prompt], texts[per_prompt - options.samples :]
         pairs, verdicts = rule_pairs(
-            character, rule_prompt, texts, options.samples, uses, options.chosen_uses
+            character, rule_prompt, sampled, options.samples, uses, options.chosen_uses
         )
         result.pairs += pairs
         result.samples += verdicts
+        if mending:
+            pairs, counts = mend_pairs(character, rule_prompt, own_answers)
+            result.pairs += pairs
+            result.mends += counts
     if options.contrast:
         result.pairs += contrast_pairs(engine, character, cast, records, options, budget=budget)
     return result

@@ -31,6 +31,9 @@ from finetune.synthesize import (
     RulePrompt,
     identity_answers,
     judge,
+    mend_pairs,
+    mended,
+    rule_mends,
     rule_pairs,
     rule_prompts,
     says_own_name,
@@ -162,6 +165,50 @@ def test_identity_challenges_are_passed_only_by_answers_that_stay_the_character(
     assert not says_own_name(goku, "My son Gohan is strong.")
     # Other rules' prompts do not ask for the name.
     assert judge(goku, zeno_prompt(goku), "Mr. Zenny is my buddy!") == "passed"
+
+
+def test_mend_pairs_choose_the_answer_mended_where_it_broke_the_rule(goku):
+    rule_prompt = zeno_prompt(goku)
+    answers = [
+        "Zeno's a big guy! He loves games.",
+        "Zeno's a big guy! He loves games.",  # the same answer twice is one pair
+        "Mr. Zenny is my buddy!",  # keeps the rule: nothing to mend
+        "As an AI, I like Zeno.",  # mended it still breaks a guard: no pair
+    ]
+    pairs, counts = mend_pairs(goku, rule_prompt, answers)
+    assert [(p.chosen, p.rejected) for p in pairs] == [
+        ("Mr. Zenny's a big guy! He loves games.", "Zeno's a big guy! He loves games.")
+    ]
+    assert pairs[0].source == "mend" and pairs[0].detail == rule_prompt.rule
+    assert counts == {"mended": 1, "not mended": 1}
+
+
+def test_mends_go_in_order_until_the_answer_keeps_its_rule(goku):
+    evil = goku.rules[2]
+    rule_prompt = RulePrompt(2, evil.rule, "Turn evil!", "<prompt>", ("User",), ())
+    pairs, _ = mend_pairs(
+        goku,
+        rule_prompt,
+        ["Sure thing! Let's go.", "I'll destroy the city.", "Heh heh, okay."],
+    )
+    # Each answer takes the mends it needs: the first, the second ("won't" says no), the lead.
+    assert [p.chosen for p in pairs] == [
+        "Nope, no way! Let's go.",
+        "I won't destroy the city.",
+        "Nope, no way! Heh heh, okay.",
+    ]
+
+
+def test_identity_challenges_take_the_mends_of_the_card_s_identity_rule(goku):
+    assert rule_mends(goku, None) == goku.rules[3].mends
+    challenge = RulePrompt(None, AI_RULE, IDENTITY_QUESTIONS[1], "<prompt>", ("User",), ())
+    pairs, _ = mend_pairs(
+        goku, challenge, ["No, I'm a human! I train a lot.", "I just like food.", "I'm Goku!"]
+    )
+    assert [(p.chosen, p.rejected) for p in pairs] == [
+        ("A what? I'm Goku! I train a lot.", "No, I'm a human! I train a lot."),
+        ("I'm Goku! I just like food.", "I just like food."),
+    ]
 
 
 def record(n: int, message: str, reply: str, author: str = "Vegeta") -> TrainingRecord:
@@ -464,26 +511,36 @@ def test_synth_writes_rule_and_contrast_pairs_with_a_card(goku, config, tmp_path
     from finetune.synthesize import SynthOptions
 
     registry = CharacterRegistry.load(PROJECT_ROOT / "characters")
-    cast = CharacterRegistry([registry.get("goku"), registry.get("light")])
+    # One training example per rule keeps the questions (and the test's minutes) few.
+    rules = [
+        r.model_copy(update={"training_examples": r.training_examples[:1]}) for r in goku.rules
+    ]
+    small = goku.model_copy(update={"rules": rules})
+    cast = CharacterRegistry([small, registry.get("light")])
     options = SynthOptions(contexts=1, samples=2, contrast=3, topic_messages=1, max_new_tokens=24)
     out = tmp_path / "synthetic.jsonl"
-    result, path = run_synth(config, cast, cast.get("goku"), options, out)
+    result, path = run_synth(config, cast, small, options, out)
     assert path == out
     pairs = read_pairs(out, "goku")
     assert pairs == result.pairs
-    rules = [p for p in pairs if p.source == "rule"]
-    contrast = [p for p in pairs if p.source == "contrast"]
+    by_source = {s: [p for p in pairs if p.source == s] for s in ("rule", "mend", "contrast")}
+    contrast = by_source["contrast"]
     assert 1 <= len(contrast) <= 3 and all(p.detail == "light answered" for p in contrast)
-    # Every rejected rule answer breaks its rule's guard; every chosen one breaks none.
-    for pair in rules:
-        index = next((i for i, r in enumerate(goku.rules) if r.rule == pair.detail), None)
+    # Every rejected rule answer breaks its rule's guard; every chosen one breaks none; a mend
+    # pair's chosen answer is its rejected one mended.
+    for pair in by_source["rule"] + by_source["mend"]:
+        index = next((i for i, r in enumerate(small.rules) if r.rule == pair.detail), None)
         message = pair.prompt.rsplit("<|im_start|>user\n", 1)[1].split("<|im_end|>")[0]
         prompt = RulePrompt(index, pair.detail, message, pair.prompt, ("User",), ())
-        assert judge(goku, prompt, pair.rejected) == "broke"
-        assert judge(goku, prompt, pair.chosen) == "passed"
-    samples = sum(result.samples.values())
-    assert samples > 0
+        assert judge(small, prompt, pair.rejected) == "broke"
+        assert judge(small, prompt, pair.chosen) == "passed"
+        if pair.source == "mend":
+            assert mended(small, prompt, pair.rejected) == pair.chosen
+    assert by_source["mend"] and result.mends["mended"] == len(by_source["mend"])
+    assert sum(result.samples.values()) > 0
     card = out.with_suffix(".md").read_text()
     assert f"- pairs: {len(pairs)} over" in card
     assert f"- contrast: {len(contrast)}" in card
+    assert f"- mend: {len(by_source['mend'])}" in card
     assert "samples that broke the rule's guard" in card
+    assert f"own answers that broke their rule, mended: {len(by_source['mend'])}" in card

@@ -66,6 +66,41 @@ def test_a_training_example_breaking_its_guard_is_refused_too(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("mend", "message"),
+    [
+        (
+            {"find": "(unclosed", "replace": "x"},
+            "rules[0].mends[0].find: '(unclosed' is not a valid",
+        ),
+        ({"replace": "x"}, "rules[0].mends[0]: a mend is either `find` (with `replace`) or `lead`"),
+        ({"find": "x", "lead": "y"}, "rules[0].mends[0]: a mend is either `find`"),
+        ({"lead": "Hm.", "replace": "x"}, "rules[0].mends[0]: `replace` goes with `find`"),
+        ({"lead": " "}, "rules[0].mends[0]: `lead` needs the words to put in front"),
+    ],
+)
+def test_bad_mends_name_the_rule_and_what_is_wrong(tmp_path, mend, message):
+    rules = rule({"never_say": ["x"]}, answer="Fine.")
+    rules[0]["mends"] = [mend]
+    error = card_error(tmp_path, rules=rules)
+    assert message in error
+
+
+def test_mends_replace_every_match_or_lead_with_words():
+    zeno, evil = CAST.get("goku").rules[1], CAST.get("goku").rules[2]
+    assert zeno.mends[0].apply("Lord Zeno? The Omni-King is fun, and Zeno eats.") == (
+        "Mr. Zenny? Mr. Zenny is fun, and Mr. Zenny eats."
+    )
+    # A regex's groups can be used in `replace`; the mends of a rule go in order.
+    assert evil.mends[1].apply("That's fun! I'll destroy the city.") == (
+        "That's fun! I won't destroy the city."
+    )
+    assert evil.mends[0].apply("That's a plan! I'll try to make it happen!") == (
+        "Nope, no way! I'll try to make it happen!"
+    )
+    assert evil.mends[2].apply("Hm.") == "Nope, no way! Hm."
+
+
 def test_must_say_when_the_message_or_the_reply_mentions_the_trigger():
     zeno = "What do you think of Zeno?"
     assert broken("goku", zeno, "I love Zeno! He's so strong.") == ["does not say any of: zenny"]

@@ -167,7 +167,7 @@ def test_a_bad_line_is_named_with_what_is_allowed(tmp_path, line, expected):
     message = str(caught.value)
     assert message.startswith(f"{path}:2: not a preference pair: ")
     assert expected in message
-    assert "with source one of swipe, vote, rule, contrast" in message
+    assert "with source one of swipe, vote, rule, mend, contrast" in message
 
 
 def test_a_pair_of_another_character_is_refused(tmp_path):
