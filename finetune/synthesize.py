@@ -179,13 +179,16 @@ def rule_prompts(
     # Training messages on a rule's topic: (rule, message, real reply, its conversation)
     on_topic_lines: list[tuple[int, str, str, tuple[str, ...], Sequence[Turn]]] = []
     skipped = []
+    identity = identity_exchanges(character) if character.ai_guard else []
     if character.ai_guard:
         answers = identity_answers(character)
         questions += [(None, AI_RULE, q, answers) for q in IDENTITY_QUESTIONS]
-        questions += same_question_answers(None, AI_RULE, identity_exchanges(character))
+        questions += same_question_answers(None, AI_RULE, identity)
     for index, rule in enumerate(character.rules):
         if not rule.guard:
-            skipped.append(f"rules[{index}] has no guard to judge answers by")
+            # An identity rule's questions are asked above, under the default AI guard.
+            if not any(e in identity for e in rule.exchanges):
+                skipped.append(f"rules[{index}] has no guard to judge answers by")
             continue
         if not rule.exchanges:
             skipped.append(f"rules[{index}] has no example question to ask")

@@ -129,8 +129,11 @@ def test_rule_prompts_ask_each_guarded_rules_examples_after_each_history(goku, t
     assert set(IDENTITY_QUESTIONS) < {p.message for p in ai} and ai[0].rule == AI_RULE
     assert all(p.prompt.endswith("<|im_start|>assistant\n") for p in prompts)
     assert any("Krillin" in p.prompt for p in prompts) and "Krillin" in prompts[1].authors
-    unguarded = [i for i, r in enumerate(goku.rules) if not r.guard]
-    assert skipped == [f"rules[{i}] has no guard to judge answers by" for i in unguarded]
+    # Goku's one unguarded rule is his identity rule: asked under the default AI guard.
+    assert [i for i, r in enumerate(goku.rules) if not r.guard] == [3] and skipped == []
+    bare = goku.model_copy(update={"ai_guard": False})
+    _, skipped = rule_prompts(bare, [[]], tokenizer=tokenizer, budget=1536)
+    assert skipped == ["rules[3] has no guard to judge answers by"]
 
 
 def test_training_examples_are_asked_with_their_own_answers_but_never_shown(goku, tokenizer):
