@@ -516,7 +516,7 @@ def command_preferences(args: argparse.Namespace) -> int:
     )
     synth, path = run_synth(config, registry, character, options, args.out)
     sources = ", ".join(
-        f"{sum(p.source == s for p in synth.pairs)} {s}" for s in ("rule", "contrast")
+        f"{sum(p.source == s for p in synth.pairs)} {s}" for s in ("rule", "mend", "contrast")
     )
     print(f"{character.name}: {len(synth.pairs)} pairs ({sources}) in {path}")
     for skipped in synth.skipped_rules:
