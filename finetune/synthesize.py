@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bot.characters import Character, Exchange, Mend
+from bot.characters import Character, Exchange, Mend, Rule
 from bot.engine import InferenceEngine, SamplingSettings
 from bot.guards import AI_RULE, violations
 from bot.history import Turn
@@ -66,6 +66,13 @@ def identity_exchanges(character: Character) -> list[Exchange]:
         for e in exchanges
         if IDENTITY_CHALLENGE.search(e.user) and says_own_name(character, e.character)
     ]
+
+
+def identity_rules(character: Character) -> list[Rule]:
+    """The card's identity rules: those whose exchanges answer an identity challenge as the
+    character. The default AI guard asks their questions and takes their mends."""
+    identity = identity_exchanges(character)
+    return [rule for rule in character.rules if any(e in identity for e in rule.exchanges)]
 
 
 def identity_answers(character: Character) -> tuple[str, ...]:
@@ -179,15 +186,15 @@ def rule_prompts(
     # Training messages on a rule's topic: (rule, message, real reply, its conversation)
     on_topic_lines: list[tuple[int, str, str, tuple[str, ...], Sequence[Turn]]] = []
     skipped = []
-    identity = identity_exchanges(character) if character.ai_guard else []
+    asked_as_identity = identity_rules(character) if character.ai_guard else []
     if character.ai_guard:
         answers = identity_answers(character)
         questions += [(None, AI_RULE, q, answers) for q in IDENTITY_QUESTIONS]
-        questions += same_question_answers(None, AI_RULE, identity)
+        questions += same_question_answers(None, AI_RULE, identity_exchanges(character))
     for index, rule in enumerate(character.rules):
         if not rule.guard:
             # An identity rule's questions are asked above, under the default AI guard.
-            if not any(e in identity for e in rule.exchanges):
+            if rule not in asked_as_identity:
                 skipped.append(f"rules[{index}] has no guard to judge answers by")
             continue
         if not rule.exchanges:
@@ -280,13 +287,7 @@ def rule_mends(character: Character, rule_index: int | None) -> list[Mend]:
     (the card's own identity rule)."""
     if rule_index is not None:
         return list(character.rules[rule_index].mends)
-    identity = identity_exchanges(character)
-    return [
-        mend
-        for rule in character.rules
-        if any(e in identity for e in rule.exchanges)
-        for mend in rule.mends
-    ]
+    return [mend for rule in identity_rules(character) for mend in rule.mends]
 
 
 def mended(character: Character, rule_prompt: RulePrompt, answer: str) -> str | None:
