@@ -66,6 +66,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SOURCE",
         help=f"train --method dpo on these kinds of pairs only ({', '.join(SOURCES)}) [all]",
     )
+    parser.add_argument(
+        "--spc",
+        type=Path,
+        default=DEFAULT_SPC,
+        help="Synthetic-Persona-Chat CSV whose training rows are the conversation DPO's "
+        "anchor_weight holds in place [%(default)s]",
+    )
     add_recipe_arguments(parser)
 
 
@@ -197,6 +204,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
         "sft_sources": "DPO only: pair sources whose chosen replies get the SFT term, e.g. "
         "contrast (default: all)",
         "eval_fraction": "DPO only: share of pairs held out (by prompt) for reward accuracy",
+        "anchor_weight": "DPO only: weight of the KL from the starting adapter on ordinary "
+        "dialogue (--spc training turns; 0: none)",
+        "anchor_turns": "DPO only: how many --spc turns the anchor holds, one per dialogue",
     }
     dpo_only = {k: v for k, v in DpoRecipe.model_fields.items() if k not in Recipe.model_fields}
     fields = {**Recipe.model_fields, **dpo_only}
@@ -451,6 +461,7 @@ def run_dpo(
     args: argparse.Namespace, character: Character, config: Config, *, out_dir: Path
 ) -> int:
     from finetune.dpo import train_dpo
+    from finetune.persona_chat import anchor_records
     from finetune.preference_data import PAIR_FILES, read_pairs
 
     folder = DatasetFiles.of(config.characters_path, character.id).preferences
@@ -466,6 +477,14 @@ def run_dpo(
     if args.sources:
         pairs = [pair for pair in pairs if pair.source in args.sources]
     recipe = load_recipe(args.recipe, DpoRecipe, **recipe_overrides(args))
+    anchor = []
+    if recipe.anchor_weight:
+        if not args.spc.is_file():
+            raise FinetuneError(
+                f"{args.spc}: no Synthetic-Persona-Chat CSV there, and the recipe's "
+                "anchor_weight needs its conversation (give one with --spc, or --anchor-weight 0)"
+            )
+        anchor = anchor_records(args.spc, recipe.anchor_turns)
     start = adapter_dir(config.characters_path, character.id)
     result = train_dpo(
         character,
@@ -475,6 +494,7 @@ def run_dpo(
         recipe=recipe,
         config=config,
         work_dir=config.data_path / "training",
+        anchor_records=anchor,
         progress=not args.quiet,
     )
     before, after = result.eval_before, result.eval_after

@@ -30,6 +30,8 @@ import torch
 from bot.characters import Character, adapter_version
 from bot.config import Config
 from bot.engine.loading import load_base_model
+from bot.training_data import TrainingRecord
+from finetune.dpo_anchor import encode_anchor
 from finetune.dpo_shared import LoopResult, encode_pairs, train_shared_prefix
 from finetune.errors import FinetuneError
 from finetune.examples import completion_text
@@ -117,12 +119,19 @@ def train_dpo(
     recipe: DpoRecipe,
     config: Config,
     work_dir: Path,
+    anchor_records: Sequence[TrainingRecord] = (),
     progress: bool = True,
 ) -> DpoResult:
     """Train `start_adapter` further on `pairs` and write the result to `out_dir`: with trl's
-    DPOTrainer, or with `share_prefix` the project's own loop (finetune/dpo_shared.py)."""
+    DPOTrainer, or with `share_prefix` the project's own loop (finetune/dpo_shared.py), which
+    with `recipe.anchor_weight` holds `anchor_records` where the reference had them."""
     from peft import PeftModel, prepare_model_for_kbit_training
 
+    if recipe.anchor_weight and not anchor_records:
+        raise DpoError(
+            "anchor_weight is set but there is no conversation to anchor on; give "
+            "Synthetic-Persona-Chat with --spc, or set anchor_weight: 0"
+        )
     if not (start_adapter / "adapter_config.json").is_file():
         raise DpoError(
             f"{start_adapter}: no adapter to continue from; DPO starts from the character's SFT "
@@ -152,8 +161,9 @@ def train_dpo(
         model = prepare_model_for_kbit_training(model)
     model = PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)
     if recipe.share_prefix:
+        anchor = encode_anchor(anchor_records, tokenizer) if recipe.anchor_weight else []
         loop = train_shared_prefix(
-            model, train_set, eval_set, recipe, device=device, progress=progress
+            model, train_set, eval_set, recipe, device=device, anchor=anchor, progress=progress
         )
     else:
         run_dir = work_dir / f"{character.id}-dpo"

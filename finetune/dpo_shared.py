@@ -6,9 +6,11 @@ card, so here that prefix is run once per optimizer step without gradient (as SF
 `share_prefix` does), the reference log-probabilities (the adapter DPO starts from) are computed
 once before training, and only the message and the two replies go through the model with
 gradient. The loss is trl's: DPO's sigmoid loss, plus `sft_weight` times the chosen replies'
-mean NLL per token. What differs from trl: no gradient reaches the adapter through the prefix's
-keys and values (the log-probabilities themselves are exact: the prefix is recomputed with the
-current weights every step).
+mean NLL per token; with `anchor_weight`, plus that times the KL from the reference on ordinary
+dialogue (finetune/dpo_anchor.py), which trl has no counterpart of.
+What differs from trl: no gradient reaches the adapter through the prefix's keys and values
+(the log-probabilities themselves are exact: the prefix is recomputed with the current weights
+every step).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_scheduler
 
+from finetune.dpo_anchor import anchor_kl, cycle, reference_batches
 from finetune.examples import EncodedExample, completion_text, token_ids
 from finetune.losses import PrefixCache, token_losses
 from finetune.preference_data import PreferencePair
@@ -189,16 +192,23 @@ def train_shared_prefix(
     recipe: DpoRecipe,
     *,
     device: str,
+    anchor: Sequence[EncodedExample] = (),
     progress: bool = True,
 ) -> LoopResult:
     """DPO of the model's trainable adapter on encoded pairs; the reference is the adapter as
-    it is when this starts."""
+    it is when this starts. With `recipe.anchor_weight`, every micro-batch also takes the KL
+    from the reference on a batch of `anchor` examples (finetune/dpo_anchor.py)."""
     import time
 
     from tqdm import tqdm
 
     train_pairs = with_reference(model, train_pairs, device=device, batch_size=recipe.batch_size)
     eval_pairs = with_reference(model, eval_pairs, device=device, batch_size=recipe.batch_size)
+    anchors = None
+    if recipe.anchor_weight and anchor:
+        anchors = cycle(
+            reference_batches(model, anchor, batch_size=recipe.batch_size, device=device)
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     per_step = recipe.batch_size * recipe.grad_accum
@@ -227,6 +237,10 @@ def train_shared_prefix(
                 model, _rows(batch), device=device, prefixes=prefixes, step=step
             )
             loss, figures = pair_loss(batch, logps, counts, recipe)
+            if anchors is not None:
+                kl = anchor_kl(model, next(anchors), device=device)
+                loss = loss + recipe.anchor_weight * kl
+                figures["anchor_kl"] = kl.item()
             (loss / recipe.grad_accum).backward()
             sums["loss"] += loss.item() / recipe.grad_accum
             for key, value in figures.items():

@@ -20,17 +20,13 @@ from finetune.batch_generate import Job, generate_all
 from finetune.eval_report import PERSONA_SETUPS
 from finetune.examples import EncodedExample, encode_all
 from finetune.losses import example_losses, perplexity_under
-from finetune.persona_chat import Dialogue
+from finetune.persona_chat import MAX_SEQ_LEN, Dialogue, protocol_records
 from finetune.recipe import Recipe
 
 if TYPE_CHECKING:
     from finetune.evaluate import EvalOptions
 
 log = logging.getLogger(__name__)
-
-# Synthetic-Persona-Chat records (a persona, a dialogue so far, one User 2 turn) are short: 1024
-# tokens holds the prompts the protocol scores and damage-guards, so they keep their context.
-PERSONA_CHAT_MAX_SEQ_LEN = 1024
 
 
 def persona_chat_sections(
@@ -64,16 +60,6 @@ def held_out_dialogues(spc_path: Path, count: int) -> tuple[list[Dialogue], list
     return held_out[:count], held_out
 
 
-def protocol_records(dialogues: list[Dialogue]) -> list[TrainingRecord]:
-    """One User 2 turn per dialogue: the middle one, past the greetings and before the
-    goodbyes, where the persona has something to say."""
-    records = []
-    for dialogue in dialogues:
-        turns = persona_chat.next_turn_records(dialogue)
-        records += turns[len(turns) // 2 : len(turns) // 2 + 1]
-    return records
-
-
 def encode_records(
     records: list[TrainingRecord], engine: InferenceEngine, *, persona: bool
 ) -> list[EncodedExample]:
@@ -81,7 +67,7 @@ def encode_records(
     card = persona_chat.persona_card(None)
     if not persona:
         records = [dataclasses.replace(r, persona=None) for r in records]
-    examples, _ = encode_all(records, card, engine.tokenizer, max_seq_len=PERSONA_CHAT_MAX_SEQ_LEN)
+    examples, _ = encode_all(records, card, engine.tokenizer, max_seq_len=MAX_SEQ_LEN)
     return examples
 
 

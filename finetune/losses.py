@@ -117,6 +117,22 @@ def token_losses(
     With `share_prefix`, the batch's common prefix is run once (or taken from `prefix_state`)
     and its keys/values are shared by every row.
     """
+    logits, targets, rows = target_logits(
+        model, batch, share_prefix=share_prefix, device=device, prefix_state=prefix_state
+    )
+    return F.cross_entropy(logits, targets, reduction="none"), rows
+
+
+def target_logits(
+    model: Any,
+    batch: list[EncodedExample],
+    *,
+    share_prefix: bool,
+    device: str,
+    prefix_state: PrefixState | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits (float32) that predict each target token of the batch, the target tokens, and
+    the row each one belongs to; `share_prefix` as in `token_losses`."""
     prefix = batch[0].prefix if share_prefix else ()
     rows = [list(e.body) if share_prefix else list(e.prefix + e.body) for e in batch]
     labels = [e.labels if share_prefix else [IGNORE] * len(e.prefix) + e.labels for e in batch]
@@ -147,9 +163,8 @@ def token_losses(
         hidden, targets = hidden[:, :-1], label_ids[:, 1:]
     # The vocabulary projection only where there is a target: most positions are prompt.
     keep = targets != IGNORE
-    losses = F.cross_entropy(head(hidden[keep]).float(), targets[keep], reduction="none")
-    rows = torch.arange(len(batch), device=device)[:, None].expand_as(keep)[keep]
-    return losses, rows
+    row_of = torch.arange(len(batch), device=device)[:, None].expand_as(keep)[keep]
+    return head(hidden[keep]).float(), targets[keep], row_of
 
 
 @torch.no_grad()

@@ -27,6 +27,9 @@ HELD_OUT_EVERY = 5
 SPEAKER = "User 2"  # who the model plays; "User 1" is the user
 ADAPTER_ID = "persona-chat"
 NO_PERSONA = "A person in a conversation."
+# A record (a persona, a dialogue so far, one User 2 turn) is short: 1024 tokens hold the prompts
+# the report scores and damage-guards, so they keep their context.
+MAX_SEQ_LEN = 1024
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,23 @@ def next_turn_records(dialogue: Dialogue, *, context_turns: int = 4) -> list[Tra
             )
         )
     return records
+
+
+def protocol_records(dialogues: list[Dialogue]) -> list[TrainingRecord]:
+    """One User 2 turn per dialogue: the middle one, past the greetings and before the
+    goodbyes, where the persona has something to say."""
+    records = []
+    for dialogue in dialogues:
+        turns = next_turn_records(dialogue)
+        records += turns[len(turns) // 2 : len(turns) // 2 + 1]
+    return records
+
+
+def anchor_records(spc_path: Path, count: int) -> list[TrainingRecord]:
+    """The middle User 2 turn of the first `count` training dialogues (rows not held out):
+    ordinary conversation for DPO's anchor (`finetune.dpo_anchor`)."""
+    rows = [d for d in read_dialogues(spc_path) if not is_held_out(d)]
+    return protocol_records(rows[:count])
 
 
 def training_files(

@@ -86,6 +86,11 @@ class DpoRecipe(BaseModel):
     # project's loop only: e.g. [contrast] anchors the adapter on the character's real lines
     # without making it recite the rules' few example answers.
     sft_sources: list[str] | None = None
+    # Weight of a KL term that holds the adapter's ordinary conversation (Synthetic-Persona-Chat
+    # training turns) where the reference had it (finetune/dpo_anchor.py; 0: none), and how
+    # many such turns (one per dialogue). The project's loop only.
+    anchor_weight: float = Field(0.0, ge=0)
+    anchor_turns: int = Field(128, ge=1)
     # The project's own loop with the card prefix run once (finetune/dpo_shared.py) instead of
     # trl's DPOTrainer: far faster on a CPU, but no gradient through the prefix.
     share_prefix: bool = False
@@ -104,6 +109,8 @@ class DpoRecipe(BaseModel):
             raise ValueError(
                 "sft_sources needs share_prefix: true (trl's SFT term covers every pair)"
             )
+        if self.anchor_weight and not self.share_prefix:
+            raise ValueError("anchor_weight needs share_prefix: true (trl's loss has no anchor)")
         return self
 
 

@@ -24,6 +24,7 @@ from finetune.dpo_shared import (
 )
 from finetune.examples import completion_text
 from finetune.losses import PrefixCache, token_losses
+from finetune.persona_chat import anchor_records
 from finetune.preference_data import PreferencePair, read_pairs
 from finetune.recipe import DpoRecipe, RecipeError, load_recipe
 from finetune.synthesize import (
@@ -38,7 +39,7 @@ from finetune.synthesize import (
     rule_prompts,
     says_own_name,
 )
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, write_spc
 
 ZENO = 1  # Goku's rule: always calls Zeno "Mr. Zenny"
 
@@ -480,7 +481,10 @@ def test_dpo_lowers_the_loss_and_raises_reward_accuracy_on_held_out_pairs(
         eval_fraction=0.3,
         eval_every=6,
         share_prefix=share_prefix,
+        # The project's loop also holds ordinary dialogue in place (finetune/dpo_anchor.py).
+        anchor_weight=1.0 if share_prefix else 0.0,
     )
+    anchor = anchor_records(write_spc(tmp_path / "spc.csv", rows=5), 4) if share_prefix else []
     result = train_dpo(
         card,
         start_adapter=goku.adapter_path,
@@ -489,6 +493,7 @@ def test_dpo_lowers_the_loss_and_raises_reward_accuracy_on_held_out_pairs(
         recipe=recipe,
         config=config,
         work_dir=tmp_path / "work",
+        anchor_records=anchor,
         progress=False,
     )
     assert result.eval_pairs == 4 and result.train_pairs == 8
@@ -502,6 +507,8 @@ def test_dpo_lowers_the_loss_and_raises_reward_accuracy_on_held_out_pairs(
     facts = json.loads((out / "training.json").read_text())
     assert facts["method"] == "dpo" and facts["pairs_by_source"] == {"rule": 12}
     assert any("loss" in point for point in facts["curve"])
+    trained = [point for point in facts["curve"] if "loss" in point]
+    assert all(("anchor_kl" in point) == share_prefix for point in trained)
     assert "SFT, then DPO" in (out / "TRAINING.md").read_text()
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == (
         config.model.base
