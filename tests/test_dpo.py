@@ -42,6 +42,7 @@ from finetune.synthesize import (
 from tests.helpers import PROJECT_ROOT, write_spc
 
 ZENO = 1  # Goku's rule: always calls Zeno "Mr. Zenny"
+IDENTITY = 3  # Goku's rule: he is Goku, not an AI
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,8 @@ def test_no_good_answer_is_the_chosen_reply_of_more_than_max_uses_pairs(goku):
 
 
 def test_identity_challenges_take_the_card_s_own_answers(goku, tokenizer):
-    card = [*goku.rules[3].examples, *goku.rules[3].training_examples]  # "Are you an AI?" ...
+    rule = goku.rules[IDENTITY]
+    card = [*rule.examples, *rule.training_examples]  # "Are you an AI?" -> "A what? I'm Goku!"
     assert identity_answers(goku) == tuple(e.character for e in card)
     prompts, _ = rule_prompts(goku, [[]], tokenizer=tokenizer, budget=1536)
     ai = {p.message: p.examples for p in prompts if p.rule_index is None}
@@ -204,7 +206,7 @@ def test_mends_go_in_order_until_the_answer_keeps_its_rule(goku):
 
 
 def test_identity_challenges_take_the_mends_of_the_card_s_identity_rule(goku):
-    assert rule_mends(goku, None) == goku.rules[3].mends
+    assert rule_mends(goku, None) == goku.rules[IDENTITY].mends
     challenge = RulePrompt(None, AI_RULE, IDENTITY_QUESTIONS[1], "<prompt>", ("User",), ())
     pairs, _ = mend_pairs(
         goku, challenge, ["No, I'm a human! I train a lot.", "I just like food.", "I'm Goku!"]
@@ -521,9 +523,11 @@ def test_synth_writes_rule_and_contrast_pairs_with_a_card(goku, config, tmp_path
     from finetune.synthesize import SynthOptions
 
     registry = CharacterRegistry.load(PROJECT_ROOT / "characters")
-    # One training example per rule keeps the questions (and the test's minutes) few.
+    # Two rules (a guarded one with a word mend, and the identity rule with the AI guard's
+    # challenges), one training example each: the questions (and the test's minutes) stay few.
     rules = [
-        r.model_copy(update={"training_examples": r.training_examples[:1]}) for r in goku.rules
+        r.model_copy(update={"training_examples": r.training_examples[:1]})
+        for r in (goku.rules[ZENO], goku.rules[IDENTITY])
     ]
     small = goku.model_copy(update={"rules": rules})
     cast = CharacterRegistry([small, registry.get("light")])
