@@ -31,10 +31,10 @@ from bot.characters import Character, adapter_version
 from bot.config import Config
 from bot.engine.loading import load_base_model
 from bot.training_data import TrainingRecord
-from finetune.dpo_anchor import encode_anchor
 from finetune.dpo_shared import LoopResult, encode_pairs, train_shared_prefix
 from finetune.errors import FinetuneError
 from finetune.examples import completion_text
+from finetune.persona_chat import encode_records
 from finetune.preference_data import PreferencePair
 from finetune.recipe import DpoRecipe
 from finetune.train import publish_adapter
@@ -161,7 +161,7 @@ def train_dpo(
         model = prepare_model_for_kbit_training(model)
     model = PeftModel.from_pretrained(model, str(start_adapter), is_trainable=True)
     if recipe.share_prefix:
-        anchor = encode_anchor(anchor_records, tokenizer) if recipe.anchor_weight else []
+        anchor = encode_records(anchor_records, tokenizer) if recipe.anchor_weight else []
         loop = train_shared_prefix(
             model, train_set, eval_set, recipe, device=device, anchor=anchor, progress=progress
         )

@@ -21,10 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bot.training_data import TrainingRecord
-from finetune.examples import EncodedExample, encode_all
+from finetune.examples import EncodedExample
 from finetune.losses import target_logits
-from finetune.persona_chat import MAX_SEQ_LEN, persona_card
 
 TOP_K = 64  # the reference's likeliest tokens kept per position; the rest is one bin
 LOG_FLOOR = -1e4  # exp() of it is 0 in float32
@@ -38,12 +36,6 @@ class AnchorBatch:
     top_ids: torch.Tensor  # (tokens, k) the reference's likeliest tokens
     top_logps: torch.Tensor  # (tokens, k) their log-probabilities
     rest_logp: torch.Tensor  # (tokens,) log-probability of every other token together
-
-
-def encode_anchor(records: Sequence[TrainingRecord], tokenizer: Any) -> list[EncodedExample]:
-    """Each record prompted as its speaker, with its persona as the card (as the SPC guard)."""
-    examples, _ = encode_all(records, persona_card(None), tokenizer, max_seq_len=MAX_SEQ_LEN)
-    return examples
 
 
 def _top_and_rest(logps: torch.Tensor, top_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,13 +14,11 @@ from bot.embeddings import load_encoder
 from bot.engine import InferenceEngine, SamplingSettings
 from bot.prompt import build_prompt
 from bot.responder import clean_character_reply
-from bot.training_data import TrainingRecord
 from finetune import metrics, persona_chat
 from finetune.batch_generate import Job, generate_all
 from finetune.eval_report import PERSONA_SETUPS
-from finetune.examples import EncodedExample, encode_all
 from finetune.losses import example_losses, perplexity_under
-from finetune.persona_chat import MAX_SEQ_LEN, Dialogue, protocol_records
+from finetune.persona_chat import Dialogue, encode_records, protocol_records
 from finetune.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -60,22 +58,11 @@ def held_out_dialogues(spc_path: Path, count: int) -> tuple[list[Dialogue], list
     return held_out[:count], held_out
 
 
-def encode_records(
-    records: list[TrainingRecord], engine: InferenceEngine, *, persona: bool
-) -> list[EncodedExample]:
-    """Each record prompted as User 2, with its persona as the card or (not `persona`) none."""
-    card = persona_chat.persona_card(None)
-    if not persona:
-        records = [dataclasses.replace(r, persona=None) for r in records]
-    examples, _ = encode_all(records, card, engine.tokenizer, max_seq_len=MAX_SEQ_LEN)
-    return examples
-
-
 def spc_damage_guard(
     engine: InferenceEngine, ids: list[str], dialogues: list[Dialogue], options: EvalOptions
 ) -> dict[str, float]:
     """Perplexity of a User 2 turn per dialogue, given its persona as the card, per adapter."""
-    examples = encode_records(protocol_records(dialogues), engine, persona=True)
+    examples = encode_records(protocol_records(dialogues), engine.tokenizer)
     result = {"base": perplexity_under(engine, None, examples, options.batch_size)}
     for a in ids:
         result[a] = perplexity_under(engine, a, examples, options.batch_size)
@@ -152,7 +139,7 @@ def persona_protocol(
             for record, row in zip(records, candidates, strict=True)
             for candidate in row
         ]
-        examples = encode_records(scored, engine, persona=setup != "base")
+        examples = encode_records(scored, engine.tokenizer, persona=setup != "base")
         with engine.using_adapter(adapter_of.get(setup)) as model:
             losses = example_losses(model, examples, Recipe(batch_size=batch), engine.device)
         n = options.candidates

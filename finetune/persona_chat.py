@@ -13,13 +13,17 @@ is judged on personas it never saw) and `row`.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bot.characters import Character
 from bot.config import PROJECT_ROOT
 from bot.history import Turn
 from bot.training_data import DatasetFiles, TrainingRecord, write_records
+from finetune.examples import EncodedExample, encode_all
 from finetune.sources import read_spc_rows, spc_turns
 
 DEFAULT_ADAPTER = PROJECT_ROOT / "finetune" / "persona-chat" / "adapter"
@@ -95,6 +99,17 @@ def anchor_records(spc_path: Path, count: int) -> list[TrainingRecord]:
     ordinary conversation for DPO's anchor (`finetune.dpo_anchor`)."""
     rows = [d for d in read_dialogues(spc_path) if not is_held_out(d)]
     return protocol_records(rows[:count])
+
+
+def encode_records(
+    records: Sequence[TrainingRecord], tokenizer: Any, *, persona: bool = True
+) -> list[EncodedExample]:
+    """Each record prompted as User 2, with its persona as the card or (not `persona`) none:
+    as the report's damage guard scores them and DPO's anchor holds them."""
+    if not persona:
+        records = [dataclasses.replace(r, persona=None) for r in records]
+    examples, _ = encode_all(records, persona_card(None), tokenizer, max_seq_len=MAX_SEQ_LEN)
+    return examples
 
 
 def training_files(

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from finetune.__main__ import main
 from finetune.dpo import DpoError, train_dpo
-from finetune.dpo_anchor import anchor_kl, encode_anchor, reference_batches
+from finetune.dpo_anchor import anchor_kl, reference_batches
 from finetune.losses import target_logits
-from finetune.persona_chat import HELD_OUT_EVERY, anchor_records
+from finetune.persona_chat import HELD_OUT_EVERY, anchor_records, encode_records
 from finetune.preference_data import PreferencePair
 from finetune.recipe import DpoRecipe, RecipeError, load_recipe
 from tests.helpers import make_character, write_spc
@@ -57,7 +57,7 @@ def test_the_command_names_a_missing_anchor_csv(tmp_path, capsys):
 
 @pytest.fixture
 def anchor_examples(tmp_path, tokenizer):
-    return encode_anchor(anchor_records(write_spc(tmp_path / "spc.csv", rows=5), 3), tokenizer)
+    return encode_records(anchor_records(write_spc(tmp_path / "spc.csv", rows=5), 3), tokenizer)
 
 
 def full_kl(model, examples, reference: torch.Tensor) -> torch.Tensor:
