@@ -19,6 +19,8 @@ from pydantic import (
 )
 
 from bot.guards import compile_pattern
+from bot.lore import LOREBOOK_DIR, LoreEntry, Lorebook, check_unique_ids
+from bot.yaml_files import YamlFileError, read_mapping, validate
 
 CHARACTER_FILE = "character.yaml"
 ADAPTER_DIR = "adapter"
@@ -157,8 +159,30 @@ class Character(_Strict):
     language: str = "en"
     # The default guard: the character never calls itself an AI (off for an android, say).
     ai_guard: bool = True
+    # What the character knows (bot.lore): its own entries, and shared lorebooks by name
+    # (characters/_lorebooks/<name>.yaml). Fired entries go in the prompt's tail.
+    lore: list[LoreEntry] = []
+    lorebooks: list[str] = []
     # Set by the registry, not the card.
     adapter_path: Path | None = Field(None, exclude=True)
+    book_lore: tuple[LoreEntry, ...] = Field((), exclude=True)  # the lorebooks' entries
+
+    @field_validator("lore")
+    @classmethod
+    def _unique_lore_ids(cls, value: list[LoreEntry]) -> list[LoreEntry]:
+        check_unique_ids(value)
+        return value
+
+    @field_validator("lorebooks")
+    @classmethod
+    def _lorebook_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(ID_PATTERN, name):
+                raise ValueError(
+                    f"lorebook {name!r}: a lorebook is named by its file in "
+                    f"characters/{LOREBOOK_DIR}/ without .yaml (lowercase, digits, - and _)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _examples_pass_their_guards(self) -> Character:
@@ -190,23 +214,16 @@ class Character(_Strict):
         return [self.name, *self.aliases]
 
     @property
+    def lore_entries(self) -> tuple[LoreEntry, ...]:
+        """Every entry this character knows: its own, then its lorebooks' (ids `book/id`)."""
+        return (*self.lore, *self.book_lore)
+
+    @property
     def has_adapter(self) -> bool:
         return self.adapter_path is not None
 
     def fallback(self, seed: int = 0) -> str:
         return self.fallback_lines[seed % len(self.fallback_lines)]
-
-
-def _format_validation_error(path: Path, error: ValidationError) -> str:
-    first = error.errors()[0]
-    # rules.1.guard.when.0 -> rules[1].guard.when[0]
-    key = "".join(
-        f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
-    ).lstrip(".")
-    message = first["msg"].removeprefix("Value error, ")
-    if not key:  # a check across fields names its own place (e.g. "rules[2]: ...")
-        return f"{path}: {message}"
-    return f"{path}: {key}: {message} (got {first.get('input')!r:.60})"
 
 
 def adapter_dir(characters_dir: Path, character_id: str) -> Path:
@@ -226,27 +243,42 @@ def adapter_version(path: Path) -> str:
     return ""
 
 
+def load_lorebook(path: Path) -> Lorebook:
+    """One shared lorebook file; CharacterError naming file and line when it is broken."""
+    try:
+        data, text = read_mapping(path, "a lorebook has name, description and entries")
+        return validate(Lorebook, path, data, text)
+    except YamlFileError as exc:
+        raise CharacterError(str(exc)) from None
+
+
 def load_character(folder: Path) -> Character:
-    """Load and validate one character folder; raise CharacterError naming file and key."""
+    """Load and validate one character folder (and the lorebooks its card names); raise
+    CharacterError naming file, line and key."""
     path = folder / CHARACTER_FILE
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CharacterError(f"{path}: missing; every character folder needs one") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CharacterError(f"{path}: not valid UTF-8 YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise CharacterError(f"{path}: must be a mapping of card fields")
-    try:
-        character = Character.model_validate(data)
-    except ValidationError as exc:
-        raise CharacterError(_format_validation_error(path, exc)) from None
+        data, text = read_mapping(path, "every character folder needs one")
+        character = validate(Character, path, data, text)
+    except YamlFileError as exc:
+        raise CharacterError(str(exc)) from None
     if character.id != folder.name:
         raise CharacterError(f"{path}: id '{character.id}' must match its folder '{folder.name}'")
+    books: list[LoreEntry] = []
+    for name in character.lorebooks:
+        book_path = folder.parent / LOREBOOK_DIR / f"{name}.yaml"
+        if not book_path.is_file():
+            found = sorted(p.stem for p in (folder.parent / LOREBOOK_DIR).glob("*.yaml"))
+            raise CharacterError(
+                f"{path}: lorebook {name!r} not found at {book_path}; "
+                f"available: {', '.join(found) or 'none'}"
+            )
+        book = load_lorebook(book_path)
+        books += [e.model_copy(update={"id": f"{name}/{e.id}"}) for e in book.entries]
+    update: dict[str, object] = {"book_lore": tuple(books)}
     adapter = adapter_dir(folder.parent, character.id)
     if (adapter / "adapter_config.json").exists():
-        character = character.model_copy(update={"adapter_path": adapter})
-    return character
+        update["adapter_path"] = adapter
+    return character.model_copy(update=update)
 
 
 def _normalise(name: str) -> str:

@@ -80,15 +80,17 @@ def test_unknown_field_and_id_folder_mismatch_and_bad_yaml(tmp_path):
     folder = write_character(tmp_path)
     text = (folder / "character.yaml").read_text()
     (folder / "character.yaml").write_text(text + "catchphrase: hi\n")
-    with pytest.raises(CharacterError, match="catchphrase: Extra inputs are not permitted"):
+    lines = text.count("\n") + 1
+    with pytest.raises(CharacterError, match="catchphrase: Extra inputs are not permitted") as info:
         load_character(folder)
+    assert f"character.yaml:{lines}:" in str(info.value)  # the line to fix
     other = tmp_path / "other"
     other.mkdir()
     (other / "character.yaml").write_text(text)
     with pytest.raises(CharacterError, match="must match its folder 'other'"):
         load_character(other)
     (other / "character.yaml").write_text("name: [oops\n")
-    with pytest.raises(CharacterError, match="not valid UTF-8 YAML"):
+    with pytest.raises(CharacterError, match=r"character.yaml:2: not valid YAML"):
         load_character(other)
 
 
