@@ -8,18 +8,16 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from bot.guards import compile_pattern
-from bot.lore import LOREBOOK_DIR, LoreEntry, Lorebook, check_unique_ids
+from bot.lore import LOREBOOK_DIR, Lorebook, LoreEntry, check_unique_ids
 from bot.yaml_files import YamlFileError, read_mapping, validate
 
 CHARACTER_FILE = "character.yaml"
