@@ -55,10 +55,9 @@ def line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
                     child = value
                     line = key.start_mark.line + 1
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part >= 0:
-            if part < len(node.value):
-                child = node.value[part]
-                line = child.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if 0 <= part < len(node.value) else None
+            line = child.start_mark.line + 1 if child is not None else line
         if child is None:
             break
         node = child
