@@ -7,17 +7,17 @@ prompt comes from the channel's memory here; writing the reply itself is the Res
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import logging
 
 from bot.characters import Character, CharacterRegistry
 from bot.config import Config
+from bot.context import PromptAssembler
 from bot.generation import GenerationBackend, TextCallback
 from bot.history import HistoryStore, Turn
-from bot.prompt import Prompt, build_prompt, neutralize_special_tokens
+from bot.prompt import Prompt, neutralize_special_tokens
 from bot.responder import Reply, Responder
 
-if TYPE_CHECKING:
-    from bot.example_retrieval import ExampleRetriever  # imports torch: only when retrieving
+log = logging.getLogger(__name__)
 
 
 class ChatService:
@@ -28,27 +28,22 @@ class ChatService:
         registry: CharacterRegistry,
         history: HistoryStore,
         backend: GenerationBackend,
-        retriever: ExampleRetriever | None = None,
+        assembler: PromptAssembler | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.history = history
         self.backend = backend
         self.tokenizer = backend.tokenizer
-        self.retriever = retriever  # set: few-shot examples are picked per message
+        # Lore by key only, fixed examples, unless the caller brings the embedding retrievers.
+        self.assembler = assembler or PromptAssembler(self.tokenizer, config.prompt)
         self.responder = Responder(generation=config.generation, cast=registry, backend=backend)
 
     def _build(self, character: Character, history: list[Turn], message: Turn) -> Prompt:
-        if self.retriever is not None:
-            k = self.config.prompt.retrieved_examples
-            character = self.retriever.with_examples(character, message.content, k)
-        return build_prompt(
-            character,
-            history,
-            message,
-            tokenizer=self.tokenizer,
-            budget=self.config.prompt.token_budget,
-        )
+        prompt = self.assembler.build(character, history, message)
+        if prompt.lore:  # ids only: never message text in logs
+            log.debug("%s: lore %s", character.id, ", ".join(h.entry.id for h in prompt.lore))
+        return prompt
 
     async def prompt_for(
         self, channel_id: str | int, character: Character, message: Turn

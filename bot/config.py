@@ -81,6 +81,15 @@ class PromptConfig(_Section):
     # similar to the message (MiniLM embeddings), after the ChatHaruhi idea.
     examples: Literal["fixed", "retrieved"] = "fixed"
     retrieved_examples: int = Field(4, ge=1, le=32)
+    # Lore entries (bot.lore): the ones a message calls for go right before it, within
+    # lore_budget tokens; keys are looked for in the message and the last lore_scan_depth
+    # turns; when no key fires, entries whose MiniLM similarity to the message reaches
+    # lore_similarity fire (at most lore_similar_entries; 0 turns similarity off).
+    lore: bool = True
+    lore_budget: int = Field(160, ge=16, le=8192)
+    lore_scan_depth: int = Field(2, ge=0, le=100)
+    lore_similarity: float = Field(0.45, ge=0.0, le=1.0)
+    lore_similar_entries: int = Field(2, ge=0, le=16)
 
 
 class HistoryConfig(_Section):

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from bot.characters import Character, Exchange
 from bot.history import Turn
+from bot.lore_activation import LoreHit
 
 Message = dict[str, str]
 ELLIPSIS = " …"
@@ -94,6 +95,7 @@ class Prompt:
     history_used: int  # history turns kept
     user_truncated: bool  # the new message was cut to fit the budget
     conversation_start: int = 0  # messages[conversation_start:] are history and the message
+    lore: tuple[LoreHit, ...] = ()  # lore entries placed before the new message
 
 
 def system_message(character: Character) -> str:
@@ -135,6 +137,13 @@ def turn_message(turn: Turn, character: Character, tokenizer: ChatTokenizer) -> 
         return {"role": "assistant", "content": neutralize_special_tokens(turn.content, tokenizer)}
     text = f"{turn.author}: {turn.content}"
     return {"role": "user", "content": neutralize_special_tokens(text, tokenizer)}
+
+
+def lore_message(character: Character, lore: Sequence[LoreHit]) -> Message:
+    """The fired lore entries as one short system message, placed right before the new
+    message: a small model uses a fact there, not ~900 tokens back in the card."""
+    facts = "\n".join(f"- {hit.entry.content}" for hit in lore)
+    return {"role": "system", "content": f"What {character.name} knows that matters here:\n{facts}"}
 
 
 def example_messages(dialogue: Sequence[Exchange], user_name: str = "User") -> list[Message]:
@@ -221,11 +230,16 @@ def build_prompt(
     *,
     tokenizer: ChatTokenizer,
     budget: int,
+    lore: Sequence[LoreHit] = (),
 ) -> Prompt:
-    """System card, then example dialogues, then the newest history that fits, then `message`.
+    """System card, then example dialogues, then the newest history that fits, then the fired
+    `lore` entries (`bot.lore_activation`), then `message`.
 
-    Priority when the budget is tight: the system message is always kept, then the new message
-    (cut at the end if it alone is too long), then history newest-first, then examples.
+    The card and examples are the fixed prefix: nothing per-message goes there, so it stays
+    byte-identical across messages (shared-prefix batching, prefix caching). Priority when the
+    budget is tight: the system message is always kept, then the new message (cut at the end if
+    it alone is too long), then lore (its last entries dropped first), then history
+    newest-first, then examples.
     """
     system = {"role": "system", "content": system_message(character)}
 
@@ -243,6 +257,12 @@ def build_prompt(
         new = {**new, "content": _fit_user_text(tokenizer, new["content"], room)}
         new_cost = cost([new])
     used = fixed + new_cost
+
+    kept_lore = list(lore)
+    while kept_lore and used + cost([lore_message(character, kept_lore)]) > budget:
+        kept_lore.pop()
+    facts = [lore_message(character, kept_lore)] if kept_lore else []
+    used += cost(facts)
 
     kept_history: list[Message] = []
     for turn in reversed(history):
@@ -265,7 +285,7 @@ def build_prompt(
     # Per-message costs can be off by a token where messages meet, so check the real total.
     while True:
         examples = [m for dialogue in kept_examples for m in dialogue]
-        messages = [system, *examples, *merge_same_role([*kept_history, new])]
+        messages = [system, *examples, *merge_same_role([*kept_history, *facts, new])]
         text = render(tokenizer, messages)
         if _template_is_additive(tokenizer):
             total = fixed + cost(messages[1:])  # exact here, and cached
@@ -286,4 +306,5 @@ def build_prompt(
         conversation_start=1 + len(examples),
         history_used=len(kept_history),
         user_truncated=user_truncated,
+        lore=tuple(kept_lore),
     )

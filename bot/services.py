@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from bot.characters import Character, CharacterRegistry
 from bot.chat import ChatService
 from bot.config import EMBEDDED_MODEL, Config
+from bot.context import PromptAssembler
 from bot.feedback import FeedbackService
 from bot.generation import BackendStatus, GenerationBackend, ReloadOutcome
 from bot.history import HistoryStore
@@ -87,12 +88,6 @@ async def open_services(
     redis.start_supervisor(config.redis.check_interval)  # restarts a dead embedded server
     try:
         # Before anything starts: a failure here leaves only Redis to close.
-        retriever = None
-        if config.prompt.examples == "retrieved":
-            from bot.embeddings import load_encoder
-            from bot.example_retrieval import ExampleRetriever
-
-            retriever = ExampleRetriever(load_encoder(), config.characters_path)
         history = HistoryStore(
             redis.client,
             max_turns=config.history.max_turns,
@@ -108,7 +103,7 @@ async def open_services(
         registry=registry,
         history=history,
         backend=backend,
-        retriever=retriever,
+        assembler=PromptAssembler.from_config(backend.tokenizer, config, registry),
     )
     presence = PresenceStore(redis.client, key_prefix=key_prefix)
     preferences = PreferenceStore(redis.client, key_prefix=key_prefix)

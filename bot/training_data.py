@@ -7,7 +7,8 @@ training lines for retrieved few-shot examples; all of them go through `Training
 
 One JSON line: {"id", "scene", "source": "file:line", "context": [{"role", "author", "text"}],
 "reply"}, plus "persona" and "row" for Synthetic-Persona-Chat records (each dialogue has its own
-persona). `scene` and `source` are left out when a record has none.
+persona), and "lore": false for a record prompted without lore entries (knowledge pairs).
+`scene` and `source` are left out when a record has none.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class DatasetFiles:
     # A character's committed dialogue sources and rule probes.
     sources = _InFolder("sources")
     probes = _InFolder("sources", "probes.yaml")
+    # Knowledge pairs from the lore entries (`finetune knowledge`), trained beside train.jsonl.
+    knowledge = _InFolder("knowledge.jsonl")
     # Preference pairs for DPO (`finetune preferences export | synth`; names of the files in
     # it: `finetune.preference_data`).
     preferences = _InFolder("preferences")
@@ -68,6 +71,9 @@ class TrainingRecord:
     line: int | None = None  # its line in that file
     persona: str | None = None  # the speaker's own persona (Synthetic-Persona-Chat)
     row: int | None = None  # the CSV data row (Synthetic-Persona-Chat)
+    # False: prompted without lore entries (knowledge pairs teach the fact both ways: with the
+    # entry in the prompt, as served, and without, for when retrieval misses).
+    lore: bool = True
 
     @property
     def message(self) -> Turn | None:
@@ -95,6 +101,8 @@ class TrainingRecord:
             data["persona"] = self.persona
         if self.row is not None:
             data["row"] = self.row
+        if not self.lore:
+            data["lore"] = False
         return json.dumps(data, ensure_ascii=False)
 
     @classmethod
@@ -132,6 +140,7 @@ class TrainingRecord:
             line=line,
             persona=data.get("persona"),
             row=data.get("row"),
+            lore=data.get("lore", True) is not False,
         )
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.characters import Character
-from bot.prompt import build_prompt, render
+from bot.config import PromptConfig
+from bot.context import PromptAssembler
+from bot.prompt import render
 from bot.training_data import TrainingRecord
 from finetune.errors import FinetuneError
 
@@ -59,9 +61,15 @@ def completion_text(tokenizer: Any, reply: str) -> str:
 
 
 def encode_example(
-    record: TrainingRecord, character: Character, tokenizer: Any, *, max_seq_len: int
+    record: TrainingRecord,
+    character: Character,
+    tokenizer: Any,
+    *,
+    max_seq_len: int,
+    assembler: PromptAssembler | None = None,
 ) -> EncodedExample | None:
-    """Token ids of one record; None when it has no user turn to answer."""
+    """Token ids of one record; None when it has no user turn to answer. `assembler` puts the
+    prompt together as the bot does (lore included); without one, lore fires by key only."""
     message = record.message
     if message is None:
         return None
@@ -71,7 +79,8 @@ def encode_example(
         character = character.model_copy(update={"description": record.persona})
     target = token_ids(tokenizer, completion_text(tokenizer, reply))
     budget = max_seq_len - len(target)
-    prompt = build_prompt(character, history, message, tokenizer=tokenizer, budget=budget)
+    assembler = assembler or PromptAssembler(tokenizer, PromptConfig())
+    prompt = assembler.build(character, history, message, lore=record.lore, budget=budget)
     prompt_ids = token_ids(tokenizer, prompt.text)
     if len(prompt_ids) + len(target) > max_seq_len:
         # Even the card and a trimmed message do not leave room: cut the reply's end.
@@ -91,12 +100,19 @@ def encode_example(
 
 
 def encode_all(
-    records: Iterable[TrainingRecord], character: Character, tokenizer: Any, *, max_seq_len: int
+    records: Iterable[TrainingRecord],
+    character: Character,
+    tokenizer: Any,
+    *,
+    max_seq_len: int,
+    assembler: PromptAssembler | None = None,
 ) -> tuple[list[EncodedExample], int]:
     """Encoded examples, and how many records were skipped (no user turn before the reply)."""
     encoded, skipped = [], 0
     for record in records:
-        example = encode_example(record, character, tokenizer, max_seq_len=max_seq_len)
+        example = encode_example(
+            record, character, tokenizer, max_seq_len=max_seq_len, assembler=assembler
+        )
         if example is None:
             skipped += 1
         else:

@@ -27,6 +27,7 @@ from transformers import get_scheduler
 
 from bot.characters import Character
 from bot.config import Config
+from bot.context import PromptAssembler
 from bot.engine.loading import load_base_model
 from bot.training_data import DatasetFiles, read_records
 from finetune.errors import FinetuneError
@@ -47,6 +48,7 @@ class TrainResult:
     steps: int
     train_examples: int
     eval_examples: int
+    knowledge_examples: int  # of train_examples: knowledge pairs from the lore entries
     eval_loss_before: float
     eval_loss_after: float
     final_train_loss: float
@@ -113,9 +115,10 @@ def train(
     resume: bool = True,
     progress: bool = True,
 ) -> TrainResult:
-    """Train `character`'s adapter on `data_dir/{train,eval}.jsonl` and write it to `out_dir`."""
+    """Train `character`'s adapter on `data_dir/{train,eval}.jsonl` (plus the knowledge pairs
+    of `knowledge.jsonl` when there are any) and write it to `out_dir`."""
     files = DatasetFiles(data_dir)
-    train_path, eval_path = files.train, files.eval
+    train_path, eval_path, knowledge_path = files.train, files.eval, files.knowledge
     if not train_path.exists():
         raise TrainError(
             f"{train_path} does not exist; make it with "
@@ -124,8 +127,15 @@ def train(
     started = time.perf_counter()
     torch.manual_seed(recipe.seed)
     model, tokenizer, device, quantization = load_base_model(config)
-    encode = dict(character=character, tokenizer=tokenizer, max_seq_len=recipe.max_seq_len)
-    train_set, skipped = encode_all(read_records(train_path), **encode)
+    encode = dict(
+        character=character,
+        tokenizer=tokenizer,
+        max_seq_len=recipe.max_seq_len,
+        assembler=PromptAssembler.from_config(tokenizer, config, [character]),
+    )
+    records = read_records(train_path)
+    knowledge = read_records(knowledge_path) if knowledge_path.exists() else []
+    train_set, skipped = encode_all([*records, *knowledge], **encode)
     eval_set = []
     if eval_path.exists():
         eval_set, _ = encode_all(read_records(eval_path), **encode)
@@ -159,7 +169,9 @@ def train(
         num_training_steps=total_steps,
     )
 
-    fingerprint = data_hash(train_path, eval_path, recipe=recipe, base=config.model.base)
+    fingerprint = data_hash(
+        train_path, eval_path, knowledge_path, recipe=recipe, base=config.model.base
+    )
     checkpoint = work_dir / f"{character.id}-checkpoint"
     state = load_checkpoint(checkpoint, fingerprint) if resume else None
     step, curve = 0, []
@@ -265,6 +277,7 @@ def train(
         steps=step,
         train_examples=len(train_set),
         eval_examples=len(eval_set),
+        knowledge_examples=len(knowledge),
         eval_loss_before=eval_before,
         eval_loss_after=eval_after,
         final_train_loss=train_loss,
@@ -331,7 +344,8 @@ def write_training_card(
         f"# Adapter for {character.name}\n\n"
         f"- base model: `{config.model.base}`\n"
         f"- data hash: `{fingerprint}` ({result.train_examples} train / "
-        f"{result.eval_examples} eval examples)\n"
+        f"{result.eval_examples} eval examples; {result.knowledge_examples} of the train "
+        "examples are knowledge pairs)\n"
         f"- recipe: {settings}\n"
         f"- steps: {result.steps} (best eval loss at step {best_step})\n"
         f"- eval loss: {result.eval_loss_before:.4f} before, {result.eval_loss_after:.4f} after\n"
