@@ -45,7 +45,8 @@ class LoreRetriever:
         ids, vectors, owner = self._entries(character)
         if not ids:
             return {}
-        query = self.encoder.encode([message], cache=False)[0]
+        with self._lock:  # the encoder's cache is not thread-safe
+            query = self.encoder.encode([message], cache=False)[0]
         cosines = (vectors @ query).tolist()
         best = [-1.0] * len(ids)
         for n, score in zip(owner, cosines, strict=True):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from bot.characters import Character, adapter_dir
 from bot.config import PROJECT_ROOT, Config, ConfigError, load_config
 from bot.logging_setup import setup_logging
 from bot.training_data import DatasetFiles, RecordError
+from finetune import lore_cli
 from finetune.errors import FinetuneError
 from finetune.preference_data import SOURCES
 from finetune.recipe import DpoRecipe, Recipe, load_recipe
@@ -340,10 +342,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     evaluate.add_argument("--quick", action="store_true", help="few prompts: a smoke run")
     evaluate.add_argument(
         "--only",
-        choices=["likelihood"],
+        choices=["likelihood", "lore"],
         help="run one section, print its table, write no report: likelihood = each "
-        "character's held-out lines under every adapter, own-adapter hits@1 (minutes, not "
-        "the report's hour)",
+        "character's held-out lines under every adapter, own-adapter hits@1; lore = the lore "
+        "questions' pass rates (minutes, not the report's hour)",
     )
     evaluate.add_argument("--prompts", type=int, help="held-out prompts per character [24]")
     evaluate.add_argument(
@@ -367,6 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "protocol (both skipped if missing)",
     )
     add_eval_adapters_parser(sub)
+    lore_cli.add_parsers(sub)
     return parser.parse_args(argv)
 
 
@@ -663,6 +666,19 @@ def command_eval(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, prompts=args.prompts)
     if args.spc_dialogues:
         options = dataclasses.replace(options, spc_dialogues=args.spc_dialogues)
+    if args.only == "lore":
+        from finetune.eval_lore import lore_markdown, run_lore
+        from finetune.evaluate import load_engine
+
+        engine = load_engine(config, characters)
+        section = run_lore(characters, engine=engine, config=config, options=options)
+        print(lore_markdown(section))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "lore.json").write_text(json.dumps(section, indent=2) + "\n")
+            (args.out / "lore.md").write_text(lore_markdown(section))
+            print(f"figures: {args.out / 'lore.json'}")
+        return 0
     if args.only == "likelihood":
         from finetune.evaluate import likelihood_table, run_likelihood
 
@@ -745,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": command_samples,
         "eval": command_eval,
         "eval-adapters": command_eval_adapters,
+        **lore_cli.COMMANDS,
     }
     try:
         return commands[args.command](args)

@@ -32,6 +32,7 @@ from typing import Any
 
 from bot.characters import ADAPTER_DIR, Character
 from bot.config import Config
+from bot.context import PromptAssembler
 from bot.embeddings import load_encoder
 from bot.engine import InferenceEngine
 from bot.training_data import DatasetFiles
@@ -213,6 +214,7 @@ def run_eval_adapters(
         config,
         options,
         None,
+        assembler=PromptAssembler.from_config(engine.tokenizer, config, cast),
         setups=VERSIONS,
         adapter_of=engine_key,
     )

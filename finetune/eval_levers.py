@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from bot.characters import Character
 from bot.config import Config, GenerationConfig
+from bot.context import PromptAssembler
 from bot.engine import Batcher, InferenceEngine
 from bot.generation.embedded import EmbeddedBackend
-from bot.prompt import build_prompt
 from bot.responder import Reply, Responder
 
 if TYPE_CHECKING:
@@ -41,9 +41,11 @@ LEVER_SETUPS: dict[str, dict[str, Any]] = {
 }
 
 
-def lever_generation(config: Config, setup: str, max_new_tokens: int) -> GenerationConfig:
-    """The generation config a lever set-up answers with."""
-    values = config.generation.model_dump() | LEVER_SETUPS[setup]
+def lever_generation(
+    config: Config, overrides: dict[str, Any], max_new_tokens: int
+) -> GenerationConfig:
+    """The generation config a lever set-up (its `overrides` of the config) answers with."""
+    values = config.generation.model_dump() | overrides
     if values["temperature"] == 0:
         values["candidates"] = 1
     return GenerationConfig.model_validate(values | {"max_new_tokens": max_new_tokens})
@@ -55,10 +57,14 @@ def answer_with_levers(
     items: list[Item],
     config: Config,
     options: EvalOptions,
+    *,
+    assembler: PromptAssembler,
+    setups: dict[str, dict[str, Any]] = LEVER_SETUPS,
 ) -> None:
-    """Fill `item.answers[setup]` and `item.actions[setup]` (the guard action) for every lever
-    set-up, seeded with the options' seed."""
-    asyncio.run(_answer(engine, characters, items, config, options))
+    """Fill `item.answers[setup]` and `item.actions[setup]` (the guard action) for every
+    set-up (name -> generation overrides), seeded with the options' seed; prompts come from
+    `assembler`, as the bot's."""
+    asyncio.run(_answer(engine, characters, items, config, options, assembler, setups))
 
 
 async def _answer(
@@ -67,21 +73,23 @@ async def _answer(
     items: list[Item],
     config: Config,
     options: EvalOptions,
+    assembler: PromptAssembler,
+    setups: dict[str, dict[str, Any]],
 ) -> None:
     seed = engine.seed
     engine.seed = options.seed  # every batch starts from it: sampled set-ups repeat exactly
     batcher = Batcher(engine, max_batch_size=options.batch_size, max_wait_ms=50)
     backend = EmbeddedBackend(engine, batcher, config.characters_path)
     try:
-        for setup in LEVER_SETUPS:
-            generation = lever_generation(config, setup, options.max_new_tokens)
+        for setup, overrides in setups.items():
+            generation = lever_generation(config, overrides, options.max_new_tokens)
             responder = Responder(generation=generation, cast=characters.values(), backend=backend)
             # One character at a time: its items' batches share the card prefix.
             for character_id, character in characters.items():
                 mine = [item for item in items if item.character == character_id]
                 start = time.perf_counter()
                 replies = await asyncio.gather(
-                    *(_respond(responder, character, item, config, engine) for item in mine)
+                    *(_respond(responder, character, item, assembler) for item in mine)
                 )
                 for item, reply in zip(mine, replies, strict=True):
                     item.answers[setup] = reply.text
@@ -99,19 +107,9 @@ async def _answer(
 
 
 async def _respond(
-    responder: Responder,
-    character: Character,
-    item: Item,
-    config: Config,
-    engine: InferenceEngine,
+    responder: Responder, character: Character, item: Item, assembler: PromptAssembler
 ) -> Reply:
-    prompt = build_prompt(
-        character,
-        item.turns[:-1],
-        item.turns[-1],
-        tokenizer=engine.tokenizer,
-        budget=config.prompt.token_budget,
-    )
+    prompt = await asyncio.to_thread(assembler.build, character, item.turns[:-1], item.turns[-1])
     return await responder.respond(character, prompt, item.turns[-1], item.turns[:-1])
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import metrics
+from finetune.eval_lore import lore_markdown
 
 # The sections on Synthetic-Persona-Chat dialogues, as the report names them.
 PERSONA_CHAT_SECTIONS = {
@@ -256,6 +257,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
             report, "probes", lambda s, c: report["probes"][s].get(c, NOT_MEASURED)
         )
         + "\n",
+        *([lore_markdown(report["lore"])] if "lore" in report else []),
         "## Held-out lines: perplexity under each adapter (rows: whose lines)\n",
         _table(
             ["lines of", *ids, "base"],

@@ -34,12 +34,12 @@ from typing import Any
 
 from bot.characters import Character
 from bot.config import Config
+from bot.context import PromptAssembler
 from bot.embeddings import SentenceEncoder, load_encoder
 from bot.engine import InferenceEngine, SamplingSettings
 from bot.example_retrieval import ExampleRetriever
 from bot.files import write_files_atomically
 from bot.history import Turn
-from bot.prompt import build_prompt
 from bot.responder import clean_character_reply
 from bot.training_data import DatasetFiles, read_records
 from finetune import metrics, persona_chat
@@ -47,6 +47,7 @@ from finetune.attribution import train_attribution
 from finetune.batch_generate import Job, generate_all
 from finetune.errors import FinetuneError
 from finetune.eval_levers import LEVER_SETUPS, answer_with_levers, guard_actions
+from finetune.eval_lore import run_lore
 from finetune.eval_persona_chat import persona_chat_sections
 from finetune.eval_report import (
     PERSONA_CHAT_SECTIONS,
@@ -152,12 +153,15 @@ def answer_all(
     options: EvalOptions,
     retriever: ExampleRetriever | None,
     *,
+    assembler: PromptAssembler,
     setups: Sequence[str] = PROMPT_SETUPS,
     adapter_of: Callable[[str, str], str | None] = prompt_setup_adapter,
 ) -> None:
     """Fill `item.answers[setup]` for every item and set-up, in batches. `adapter_of(character
     id, set-up)` names the engine adapter of each; a set-up other than PROMPT_SETUPS prompts
-    as card_adapter does (the full card; `variant`), and only card_retrieved needs `retriever`."""
+    as card_adapter does (the full card; `variant`), and only card_retrieved needs `retriever`.
+    Prompts come from `assembler`, as the bot's (with the lore a message fires; not for base,
+    which has no card)."""
     settings = SamplingSettings.from_config(
         config.generation, temperature=0.0, max_new_tokens=options.max_new_tokens
     )
@@ -170,13 +174,7 @@ def answer_all(
                 if retriever is None:
                     raise ValueError("answer_all: card_retrieved needs a retriever")
                 card = retriever.with_examples(card, item.turns[-1].content, RETRIEVED_EXAMPLES)
-            prompt = build_prompt(
-                card,
-                item.turns[:-1],
-                item.turns[-1],
-                tokenizer=engine.tokenizer,
-                budget=config.prompt.token_budget,
-            )
+            prompt = assembler.build(card, item.turns[:-1], item.turns[-1], lore=setup != "base")
             slots.append((item, setup))
             adapter = adapter_of(character.id, setup)
             jobs.append(Job(prompt.text, adapter, group=f"{character.id}/{setup == 'base'}"))
@@ -225,15 +223,20 @@ def run_eval(
     items = collect_items(characters, root, options)
     encoder = load_encoder()
     by_id = {c.id: c for c in characters}
-    answer_all(engine, by_id, items, config, options, ExampleRetriever(encoder, root))
+    assembler = PromptAssembler.from_config(engine.tokenizer, config, characters)
+    retriever = ExampleRetriever(encoder, root)
+    answer_all(engine, by_id, items, config, options, retriever, assembler=assembler)
     clock.lap("answers")
-    answer_with_levers(engine, by_id, items, config, options)
+    answer_with_levers(engine, by_id, items, config, options, assembler=assembler)
     clock.lap("answers with the serving levers")
+    lore = run_lore(characters, engine=engine, config=config, options=options)
+    clock.lap("lore questions")
 
     report: dict[str, Any] = {
         "characters": ids,
         "setups": list(SETUPS),
         "options": options.__dict__,
+        "lore": lore,
     }
     report["attribution"], attribution_outcomes = attribution_section(
         encoder, ids, items, root, seed=options.seed
