@@ -347,6 +347,9 @@ def import_character(
             card_files[0], characters_dir, options.character, force=options.force
         )
         imported = CardImport(card_files[0], card)
+        if card.lore is not None:  # the card's lorebook: what it could not carry over
+            lore = card.lore.summary(written)
+            (log.warning if lore.unmapped else log.info)("%s", lore.text())
     if options.spc_row is not None:
         csvs = [f for f in files if f.suffix.lower() == ".csv"]
         if len(csvs) != 1:

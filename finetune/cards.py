@@ -8,8 +8,9 @@ fields at the top level, also the older `char_name`/`char_persona`/`world_scenar
 Mapping: name -> name, description -> description (personality text or "<name>." when empty),
 personality -> personality (split at newlines, or at commas when it is a list of traits rather
 than sentences), scenario -> scenario, first_mes -> greeting ("Hello." when empty), mes_example ->
-examples. `{{char}}`/`<BOT>` become the card's name and `{{user}}`/`<USER>` become "User"
-(case-insensitive) everywhere.
+examples, character_book -> lore (`finetune.lorebooks`, which says how each entry field maps and
+reports the fields with no equivalent here: `Card.lore`). `{{char}}`/`<BOT>` become the card's
+name and `{{user}}`/`<USER>` become "User" (case-insensitive) everywhere.
 
 `mes_example`: blocks start at `<START>`; a line beginning `{{user}}:` or `{{char}}:` (or the
 card's name followed by a colon) starts a message, other lines continue the message before.
@@ -38,6 +39,7 @@ from pydantic import ValidationError
 
 from bot.characters import CHARACTER_FILE, ID_PATTERN, Character, CharacterError, load_character
 from bot.files import write_text_atomically
+from finetune.lorebooks import ConvertedBook, convert_character_book
 from finetune.sources import USER, BuildError, Line, ParsedSource, Scene, located, read_text
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,6 +61,7 @@ class Card:
     scenario: str
     first_mes: str
     mes_example: str
+    lore: ConvertedBook | None = None  # the card's character_book, when it has one
 
 
 def png_text_chunks(data: bytes, source: str = "card.png") -> dict[str, str]:
@@ -132,17 +135,27 @@ def read_card(path: Path, display: str | None = None) -> Card:
                 return value.strip()
         return ""
 
-    name = text("name", "char_name")
+    name = " ".join(text("name", "char_name").split())
     if not name:
         raise located(source, 1, "the card has no name", _ALLOWED)
+    lore = None
+    if fields.get("character_book") is not None:
+        lore = convert_character_book(
+            fields["character_book"],
+            source,
+            where="data.character_book" if fields is not data else "character_book",
+            char_name=name,
+            v3=data.get("spec") == "chara_card_v3",
+        )
     raw = Card(
         source=source,
-        name=" ".join(name.split()),
+        name=name,
         description=text("description", "char_persona"),
         personality=text("personality"),
         scenario=text("scenario", "world_scenario"),
         first_mes=text("first_mes", "char_greeting"),
         mes_example=text("mes_example", "example_dialogue"),
+        lore=lore,
     )
     return raw
 
@@ -231,6 +244,7 @@ def card_to_data(card: Card, character_id: str, user_name: str = USER) -> dict[s
         "scenario": sub(card.scenario),
         "greeting": sub(card.first_mes) or "Hello.",
         "examples": examples,
+        "lore": list(card.lore.entries) if card.lore else [],
     }
     data = {k: v for k, v in data.items() if v not in ("", [])}
     validate_character_data(data, card.source)
@@ -273,10 +287,12 @@ def write_character_yaml(
 def import_card(
     path: Path, characters_dir: Path, character_id: str, *, force: bool = False
 ) -> tuple[Card, Path | None]:
-    """Read a card and write its character.yaml (unless present and not `force`)."""
+    """Read a card and write its character.yaml (unless present and not `force`); what its
+    lorebook could not carry over is in `card.lore` (and in the file's header comment)."""
     card = read_card(path)
     data = card_to_data(card, character_id)
-    written = write_character_yaml(
-        characters_dir, data, force=force, comment=f"Imported from {path.name} by finetune build."
-    )
+    comment = f"Imported from {path.name} by finetune build."
+    if card.lore is not None and card.lore.comment():
+        comment += "\n" + card.lore.comment()
+    written = write_character_yaml(characters_dir, data, force=force, comment=comment)
     return card, written
