@@ -9,7 +9,9 @@ Steps:
   2. Sources (files, or folders searched recursively for supported extensions) are parsed into
      scenes (`finetune.sources`, `finetune.cards`), and lines are cleaned and filtered
      (`finetune.cleaning`).
-  3. Turns, examples and the split: `finetune.scene_examples`.
+  3. Turns, examples and the split: `finetune.scene_examples`. The split holds out whole scene
+     groups among those the character speaks in, picked in a seeded hash order until they hold
+     about `--eval-fraction` of its examples (`SPLIT_RULE`, recorded in the dataset card).
   4. train.jsonl, eval.jsonl (`bot.training_data.TrainingRecord` lines) and the dataset card
      (`finetune.dataset_card`) are written to temporary files in the output folder and only
      then renamed over the old ones: a failure leaves the previous files as they were.
@@ -35,7 +37,7 @@ from bot.files import write_files_atomically
 from bot.training_data import DatasetFiles, TrainingRecord, records_text
 from finetune import cards, cleaning
 from finetune.dataset_card import card_markdown, dropped_summary, split_warnings
-from finetune.scene_examples import filter_examples, make_examples, split_examples
+from finetune.scene_examples import SPLIT_RULE, filter_examples, make_examples, split_examples
 from finetune.sources import (
     CARD_EXTENSIONS,
     SPC_SPEAKERS,
@@ -212,7 +214,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="REGEX",
         help="drop lines whose cleaned text matches (re.search); repeatable",
     )
-    add("eval_fraction", "share of scenes for eval.jsonl, 0 to under 1")
+    add(
+        "eval_fraction",
+        "share of the character's examples for eval.jsonl, held out as whole scenes, 0 to under 1",
+    )
     add("seed", "seed of the split")
     add("scene_gap", "subtitles: a pause longer than this starts a new scene", metavar="SECONDS")
     add(
@@ -510,7 +515,7 @@ def run_build(options: BuildOptions) -> BuildResult:
         "split": {
             "groups": len(groups),
             "eval_groups": len({group_of[e.scene] for e in eval_}),
-            "rule": "sha256(seed:scene group) / 2**64 < eval_fraction",
+            "rule": SPLIT_RULE,
         },
         "dropped": summary,
         "warnings": warnings,

@@ -36,7 +36,12 @@ def _sample(d: Dropped) -> str:
 def split_warnings(
     train: int, eval_: int, groups: int, eval_fraction: float, scenes: int
 ) -> list[str]:
-    """What is wrong with a split a person should know before training on it."""
+    """What is wrong with a split a person should know before training on it.
+
+    `groups`: the scene groups that hold the character's examples. The split aims at
+    eval_fraction of the examples (`scene_examples.eval_groups`) but holds out whole groups, so
+    it misses when the groups are few or large: a share over twice the fraction (and 10 points
+    over it) or, from 20 examples, under half of it is named."""
     if eval_fraction == 0:
         return []
     if groups < 2:
@@ -47,18 +52,18 @@ def split_warnings(
         ]
     total = train + eval_
     share = eval_ / total
-    # One whole group is the least eval can hold: with few groups a large share is expected.
-    if eval_ > train or share > max(2 * eval_fraction, eval_fraction + 0.1, 1.5 / groups):
+    if eval_ > train or share > max(2 * eval_fraction, eval_fraction + 0.1):
         return [
             f"lopsided split: eval.jsonl holds {eval_} of {total} examples ({share:.0%}) for an "
-            f"eval fraction of {eval_fraction:.0%}: {groups} scene groups are too few or too "
-            "uneven; more, shorter scenes (markers, --scene-speeches) give a split near the "
-            "fraction"
+            f"eval fraction of {eval_fraction:.0%}: the {groups} scene groups the character "
+            "speaks in are too few or too large to hold out a share near it; more, shorter "
+            "scenes (markers, --scene-speeches) give a split near the fraction"
         ]
-    if total >= 20 and share < eval_fraction / 3:
+    if total >= 20 and share < eval_fraction / 2:
         return [
             f"lopsided split: eval.jsonl holds only {eval_} of {total} examples ({share:.0%}) for "
-            f"an eval fraction of {eval_fraction:.0%}; the eval loss will be noisy"
+            f"an eval fraction of {eval_fraction:.0%}: the {groups} scene groups the character "
+            "speaks in are too large to hold out a share near it; the eval loss will be noisy"
         ]
     return []
 
@@ -69,7 +74,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         f"Built by `python -m finetune build`; {card['examples']['train']} training and "
         f"{card['examples']['eval']} evaluation examples from {card['scenes']} scenes "
-        f"({card['split']['eval_groups']} of {card['split']['groups']} scene groups in eval, "
+        f"({card['split']['eval_groups']} of the {card['split']['groups']} scene groups the "
+        "character speaks in held out for eval, "
         f"eval fraction {card['options']['eval_fraction']}, seed {card['options']['seed']}).",
         "",
     ]

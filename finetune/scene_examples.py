@@ -9,14 +9,20 @@ Rules (steps 4 to 6 of `finetune build`):
      otherwise), then its text as the reply. A character turn that opens its scene has nothing
      to answer and is reported as dropped. Short, duplicate and near-duplicate replies are
      dropped as targets (the turn stays as context).
-  6. Split by scene group: sha256(seed:group) decides, so the same input and seed always give
-     the same split and a scene never straddles it; with 2+ groups eval and train are
-     non-empty, and a single group always trains.
+  6. Split by scene group, among the groups that hold the character's examples (scenes it does
+     not speak in play no part): in the order of sha256(seed:group), the groups that still fit
+     in `eval_fraction` of the character's examples go to eval, then the smallest group left
+     if it brings the count closer (`eval_groups`). So eval's share ends near the fraction for
+     every character, however few scenes it speaks in. The same input and seed always give
+     the same split, a scene group never straddles it, and adding scenes without the
+     character changes nothing; with 2+ groups eval and train are non-empty, and a single
+     group always trains.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -124,21 +130,49 @@ def split_unit(group: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+SPLIT_RULE = (
+    "the character's scene groups in sha256(seed:group) order go to eval while they fit in "
+    "eval_fraction of its examples; then the smallest group left when it brings the count "
+    "closer (2+ groups: at least one group in eval, at least one in train)"
+)
+
+
+def eval_groups(sizes: dict[str, int], eval_fraction: float, seed: int) -> set[str]:
+    """The groups held out: `sizes` maps each group to its number of examples.
+
+    The target is eval_fraction of all the examples. In hash order, each group that still fits
+    in it is taken, and one too large for what is left is passed over; then the smallest group
+    left is added when that brings the count closer to the target, or when nothing fitted (eval
+    is never empty). Except in that case, the count ends within half the smallest group left of
+    the target, and no group larger than twice the target goes to eval."""
+    if len(sizes) < 2 or eval_fraction <= 0:
+        return set()  # the only group trains: holding it out would leave nothing to learn
+    order = sorted(sizes, key=lambda g: (split_unit(g, seed), g))
+    target = eval_fraction * sum(sizes.values())
+    chosen: list[str] = []
+    count = 0
+    for group in order:
+        if count + sizes[group] <= target:
+            chosen.append(group)
+            count += sizes[group]
+    left = [g for g in order if g not in chosen]
+    smallest = min(left, key=lambda g: sizes[g])  # the first in hash order among equals
+    if not chosen or count + sizes[smallest] - target < target - count:
+        chosen.append(smallest)
+    if len(chosen) == len(order):
+        chosen.pop()  # only with eval_fraction over 1/2: keep a group to train on
+    return set(chosen)
+
+
 def split_examples(
     examples: Sequence[TrainingRecord], group_of: dict[str, str], eval_fraction: float, seed: int
 ) -> tuple[list[TrainingRecord], list[TrainingRecord]]:
-    """Whole scene groups go to eval when their hash is below eval_fraction.
+    """Whole scene groups of `examples` go to eval until they hold about eval_fraction of them.
 
-    `group_of` maps a scene id to its group (scenes of one group share a split)."""
-    groups = sorted({group_of[e.scene] for e in examples}, key=lambda g: (split_unit(g, seed), g))
-    evals = {g for g in groups if split_unit(g, seed) < eval_fraction}
-    if len(groups) < 2:
-        evals = set()  # the only group trains: holding it out would leave nothing to learn
-    elif eval_fraction > 0:
-        if not evals:
-            evals = {groups[0]}  # the lowest hash: still decided by hash and seed
-        if len(evals) == len(groups):
-            evals.discard(groups[-1])
+    `group_of` maps a scene id to its group (scenes of one group share a split); see
+    `eval_groups` and SPLIT_RULE for which groups."""
+    sizes = Counter(group_of[e.scene] for e in examples)
+    evals = eval_groups(sizes, eval_fraction, seed)
     train = [e for e in examples if group_of[e.scene] not in evals]
     eval_ = [e for e in examples if group_of[e.scene] in evals]
     return train, eval_

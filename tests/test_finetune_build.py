@@ -7,6 +7,7 @@ Synthetic-Persona-Chat file in ../shared/data are used when that folder exists.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -516,27 +517,34 @@ def test_one_scene_means_no_eval_set_and_the_card_warns(chars, tmp_path):
 
 
 def test_a_lopsided_split_is_named(chars, tmp_path):
-    # Two one-exchange scenes and one long scene: when the long one is held out, eval is
-    # larger than train.
-    long_scene = "".join(f"Krillin: Question {i}?\nGoku: Answer number {i}!\n" for i in range(8))
-    source = tmp_path / "uneven.txt"
-    source.write_text(
-        f"Krillin: Hi?\nGoku: Hello there!\n---\nBulma: Hey?\nGoku: Hey Bulma!\n---\n{long_scene}",
-        encoding="utf-8",
-    )
-    lopsided = 0
-    for seed in range(20):
-        result = build(chars, source, seed=seed, out=tmp_path / str(seed))
-        if result.eval_examples > result.train_examples:
-            lopsided += 1
-            [warning] = result.warnings
-            share = f"{result.eval_examples} of 10 examples ({result.eval_examples / 10:.0%})"
-            assert warning.startswith(f"lopsided split: eval.jsonl holds {share}")
-        elif result.eval_examples <= 2:
-            assert result.warnings == []  # one short scene held out: as good as it gets
-    # The split hashes scene ids (the file's path is in them), so the seed that holds the long
-    # scene out varies; over 20 seeds one does (each misses with odds of about 2 in 3).
-    assert lopsided
+    def scene(first: int, count: int) -> str:  # Goku's replies: hashes, no near-duplicates
+        return "".join(
+            f"Krillin: Question {i}?\nGoku: {hashlib.sha256(bytes(i)).hexdigest()[:24]}!\n"
+            for i in range(first, first + count)
+        )
+
+    def built(name: str, *sizes: int, seed: int = 0):
+        source = tmp_path / f"{name}.txt"
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        source.write_text(
+            "---\n".join(scene(s, n) for s, n in zip(starts, sizes, strict=True)), "utf-8"
+        )
+        return build(chars, source, seed=seed, out=tmp_path / f"{name}{seed}")
+
+    # Two one-exchange scenes and one of 8: whatever the seed, one short scene is held out
+    # (1 of 10 for the 10% asked for), never the long one, and nothing is wrong.
+    for seed in range(10):
+        result = built("uneven", 1, 1, 8, seed=seed)
+        assert (result.eval_examples, result.warnings) == (1, [])
+    # Two scenes of 8 and 6 exchanges: the least eval can hold is the shorter one, 6 of 14.
+    result = built("two", 8, 6)
+    [warning] = result.warnings
+    assert warning.startswith("lopsided split: eval.jsonl holds 6 of 14 examples (43%) for an ")
+    assert "the 2 scene groups the character speaks in are too few or too large" in warning
+    # One exchange, then two scenes of 30: the 1 is the closest to 10% of 61 whole scenes give.
+    result = built("long", 1, 30, 30)
+    [warning] = result.warnings
+    assert warning.startswith("lopsided split: eval.jsonl holds only 1 of 61 examples (2%)")
 
 
 def test_character_lines_that_open_a_scene_are_reported_as_dropped(chars, tmp_path):
