@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from bot.config import load_config
+from bot.history import Turn
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +56,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _turn(line: str, character_names: list[str], character_id: str):
-    from bot.history import Turn
 
     author, _, text = line.partition(":")
     if not text:
