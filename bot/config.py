@@ -83,8 +83,8 @@ class PromptConfig(_Section):
     retrieved_examples: int = Field(4, ge=1, le=32)
     # Lore entries (bot.lore): the ones a message calls for go right before it, within
     # lore_budget tokens; keys are looked for in the message and the last lore_scan_depth
-    # turns; when no key fires, entries whose MiniLM similarity to the message reaches
-    # lore_similarity fire (at most lore_similar_entries; 0 turns similarity off).
+    # turns; besides, entries whose MiniLM similarity to the message reaches lore_similarity
+    # fire (at most lore_similar_entries; 0 turns similarity off).
     lore: bool = True
     lore_budget: int = Field(160, ge=16, le=8192)
     lore_scan_depth: int = Field(2, ge=0, le=100)

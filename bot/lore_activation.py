@@ -5,8 +5,11 @@ work, after SillyTavern's World Info:
   1. constant entries fire always;
   2. an entry fires when one of its keys is in the new message or the last `scan_depth` turns
      (its own `scan_depth` if set), and its secondary keys agree (`selective_logic`);
-  3. only when no entry fired by key: the entries most similar to the new message (cosine of
-     sentence embeddings, computed by the caller: `bot.lore_retrieval`) above a threshold;
+  3. the entries most similar to the new message (cosine of sentence embeddings, computed by
+     the caller: `bot.lore_retrieval`) above a threshold, at most `max_similar`, besides those
+     that fired by key. (Only when no key fired, as first planned, finds the entry a held-out
+     question is about 97 times in 151; beside the keys, 122: a key often fires on a
+     neighbouring entry, "Saiyan" in "Which Saiyan prince is your rival?");
   4. the budget: entries by priority (higher first), then how they fired (constant, key,
      similarity; a higher score first), then card order; an entry that does not fit is left out
      and a smaller one after it may still fit.
@@ -29,7 +32,7 @@ _RANK = {"constant": 0, "key": 1, "similarity": 2}
 class LoreOptions:
     budget: int = 160  # tokens for the fired entries' text
     scan_depth: int = 2  # history turns scanned for keys, besides the new message
-    similarity_threshold: float = 0.45  # cosine to the message, when no key fired
+    similarity_threshold: float = 0.45  # cosine to the message
     max_similar: int = 2  # entries taken by similarity at most
 
 
@@ -107,8 +110,8 @@ def fired_entries(
     options: LoreOptions,
     similarities: Callable[[], Mapping[str, float]] | None = None,
 ) -> list[LoreHit]:
-    """Every enabled entry that fires, before the budget. `similarities` is called (it costs
-    an embedding) only when no entry fired by key; it maps entry id -> cosine to the message."""
+    """Every enabled entry that fires, before the budget. `similarities` maps entry id ->
+    cosine to the message (None: keys only)."""
     hits: list[LoreHit] = []
     for index, entry in enumerate(entries):
         if not entry.enabled:
@@ -120,7 +123,7 @@ def fired_entries(
         matched = key_hit(entry, scanned_texts(message, history, depth))
         if matched is not None:
             hits.append(LoreHit(entry, "key", key=matched, index=index))
-    if similarities is not None and not any(h.reason == "key" for h in hits):
+    if similarities is not None:
         scores = similarities()
         fired = {h.entry.id for h in hits}
         ranked = sorted(

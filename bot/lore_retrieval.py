@@ -1,6 +1,6 @@
 """Similarity of a message to a character's lore entries (MiniLM sentence embeddings).
 
-Used by `bot.lore_activation` only when no entry fired by key. An entry is represented by its
+Used by `bot.lore_activation` beside the keys. An entry is represented by its
 content and its training questions (phrasings a creator wrote for it; the held-out
 `eval_questions` never are): its score is the best cosine of the message to any of them.
 Entry vectors are computed once per character and kept.

@@ -134,7 +134,7 @@ _KNOWN: dict[str, tuple[str, str, Neutral]] = {
     "excludeRecursion": ("exclude_recursion", _NO_RECURSION, _empty),
     "preventRecursion": ("prevent_recursion", _NO_RECURSION, _empty),
     "delayUntilRecursion": ("delay_until_recursion", _NO_RECURSION, _empty),
-    "vectorized": ("vectorized", "any entry may fire by similarity when no key fired", _empty),
+    "vectorized": ("vectorized", "any entry may fire by similarity beside its keys", _empty),
     "sticky": ("sticky", _NO_TIMING, _empty),
     "cooldown": ("cooldown", _NO_TIMING, _empty),
     "delay": ("delay", _NO_TIMING, _empty),

@@ -116,17 +116,20 @@ def test_budget_keeps_priority_first_then_places_by_order():
     assert everything.ids == ["low", "small", "high"]
 
 
-def test_similarity_is_asked_only_when_no_key_fired():
-    calls = []
-
+def test_similarity_adds_the_closest_entries_beside_the_keys():
     def scores():
-        calls.append(1)
         return {"a": 0.9, "b": 0.5, "c": 0.2}
 
     a, b, c = (entry(id=i, keys=[f"key{i}"]) for i in "abc")
     options = LoreOptions(similarity_threshold=0.45, max_similar=2)
+    hits = fired_entries([a, b, c], user_turn("keyc"), [], options=options, similarities=scores)
+    assert [(h.entry.id, h.reason) for h in hits] == [
+        ("c", "key"),
+        ("a", "similarity"),
+        ("b", "similarity"),
+    ]
     hits = fired_entries([a, b, c], user_turn("keya"), [], options=options, similarities=scores)
-    assert ids(hits) == ["a"] and not calls
+    assert ids(hits) == ["a", "b"]  # "a" fired by key is not counted twice
     hits = fired_entries([a, b, c], user_turn("hmm"), [], options=options, similarities=scores)
     assert ids(hits) == ["a", "b"] and [h.why for h in hits] == [
         "similarity 0.90",
