@@ -38,6 +38,7 @@ def characters_dir(tmp_path):
         root / "goku",
         ignore=shutil.ignore_patterns("adapter*"),
     )
+    shutil.copytree(PROJECT_ROOT / "characters" / "_lorebooks", root / "_lorebooks")
     write_character(
         root,
         id="vegeta",

@@ -393,6 +393,7 @@ def cast_config(tmp_path, monkeypatch):
         chars / "goku",
         ignore=shutil.ignore_patterns("adapter*", "preferences"),
     )
+    shutil.copytree(PROJECT_ROOT / "characters" / "_lorebooks", chars / "_lorebooks")
     config = tmp_path / "config.yaml"
     config.write_text(f"characters_dir: {chars}\ndata_dir: {tmp_path / 'data'}\n")
     monkeypatch.setenv("CHARBOT_CONFIG", str(config))

@@ -14,9 +14,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from bot.characters import CharacterRegistry
+from bot.config import PromptConfig
+from bot.context import PromptAssembler
 from bot.engine import GenerationRequest, SamplingSettings
+from bot.generation.request import ScoreRequest
 from bot.history import Turn
-from bot.prompt import build_prompt
 from bot.training_data import DatasetFiles, RecordError, TrainingRecord, read_records, write_records
 from finetune.examples import encode_example
 from finetune.losses import batch_loss, make_batches
@@ -66,13 +68,12 @@ def test_target_is_the_reply_and_end_of_turn_and_prompt_is_the_inference_prompt(
     trained = tokenizer.decode(list(example.body[prompt_len:]))
     assert trained == "Starving!" + tokenizer.eos_token  # the end of turn is learned
     assert "Goku:" not in trained
-    inference = build_prompt(
-        goku,
-        list(rec.context[:-1]),
-        rec.context[-1],
-        tokenizer=tokenizer,
-        budget=1536 - example.target_len,
+    # The bot's own assembly (lore by key: Krillin, who spoke, fires Goku's best-friend entry
+    # and "hungry" his food entry).
+    inference = PromptAssembler(tokenizer, PromptConfig()).build(
+        goku, list(rec.context[:-1]), rec.context[-1], budget=1536 - example.target_len
     )
+    assert [hit.entry.id for hit in inference.lore] == ["best-friend", "food"]
     prompt_ids = list(example.prefix) + list(example.body[:prompt_len])
     assert prompt_ids == tokenizer.encode(inference.text, add_special_tokens=False)
     labels = example.labels
@@ -183,21 +184,18 @@ def test_train_writes_a_better_adapter_that_the_engine_serves(tmp_path, config, 
     assert not (tmp_path / "work" / "goku-checkpoint").exists()  # removed when finished
 
     clean_engine.load_adapter("goku", out)
-    prompt = build_prompt(
-        goku,
-        [],
-        Turn("user", "Mika", "What do you eat?"),
-        tokenizer=clean_engine.tokenizer,
-        budget=1536,
-    )
+    # Prompted as the bot prompts (and as training did): with the lore the message fires.
+    assembler = PromptAssembler.from_config(clean_engine.tokenizer, config, [goku])
+    prompt = assembler.build(goku, [], Turn("user", "Mika", "What do you eat?"))
     settings = SamplingSettings(max_new_tokens=12, temperature=0, top_p=1, repetition_penalty=1)
-    [with_adapter, base] = clean_engine.generate(
-        [
-            GenerationRequest(prompt.text, settings, adapter="goku"),
-            GenerationRequest(prompt.text, settings, adapter=None),
-        ]
+    [with_adapter] = clean_engine.generate([GenerationRequest(prompt.text, settings, "goku")])
+    assert with_adapter.text.strip()
+    # The engine serves what was learned: the trained answer is likelier under the adapter.
+    trained = QA[0][1]
+    [tuned, base] = clean_engine.score(
+        [ScoreRequest(prompt.text, trained, "goku"), ScoreRequest(prompt.text, trained, None)]
     )
-    assert with_adapter.text.strip() and with_adapter.text != base.text
+    assert tuned.mean > base.mean
 
     # Training again keeps the first adapter as adapter.previous.
     again = {**run, "recipe": load_recipe(None, max_steps=1, batch_size=6)}
