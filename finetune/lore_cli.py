@@ -122,7 +122,7 @@ def command_import_lorebook(args: argparse.Namespace) -> int:
 
     config = load_config()
     summary = import_world_info(args.file, config.characters_path, args.name, force=args.force)
-    print(summary.text() if hasattr(summary, "text") else summary)
+    print(summary.text())
     return 0
 
 
