@@ -288,3 +288,39 @@ def test_the_knowledge_filter_keeps_first_person_answers_that_state_the_fact():
         ],
     )
     assert not acceptable(guarded, wife, "Who is your wife?", "Chi-Chi! We met at the launch.")
+
+
+# -- the creator's view and knowledge pairs end to end ----------------------------------------
+
+
+def test_the_creators_view_says_which_entries_fire_and_why_and_shows_the_prompt(capsys):
+    from finetune.__main__ import main
+
+    assert main(["lore", "goku", "Who did you marry?"]) == 0
+    out = capsys.readouterr().out
+    assert "fires   wife" in out and "key 'marry'" in out
+    assert "--- prompt (" in out and "What Goku knows that matters here:" in out
+    assert main(["lore", "goku", "hi!", "--history", "Krillin: lunch?", "--no-prompt"]) == 0
+    out = capsys.readouterr().out
+    assert "best-friend" in out and "--- prompt" not in out
+
+
+def test_knowledge_pairs_keep_only_answers_that_state_the_fact(config, clean_engine):
+    from finetune.knowledge import KnowledgeOptions, card_section, knowledge_pairs
+
+    tess = make_character(lore=[WIFE | {"questions": ["Who is your wife?", "Are you married?"]}])
+    options = KnowledgeOptions(samples=4, max_new_tokens=24)
+    result = knowledge_pairs(tess, clean_engine, config, options, [tess])
+    (count,) = result.counts
+    assert count.questions == 2 and count.sampled == 8 and result.sampled == 8
+    # Every kept answer states the fact and passed the filter; two records per answered
+    # question, one prompted without lore.
+    answered = count.questions - len(count.unanswered)
+    assert answered >= 1  # seeded: the same answers every run
+    assert len(result.records) == 2 * answered
+    assert [r.lore for r in result.records] == [True, False] * answered
+    for record in result.records:
+        assert acceptable(tess, tess.lore[0], record.context[-1].content, record.reply)
+        assert record.scene == "knowledge:wife"
+    assert result.kept >= answered
+    assert "| wife | 2 | 8 |" in card_section(tess, result, options)
