@@ -122,3 +122,19 @@ async def test_a_reply_that_breaks_a_guard_is_never_given(
     # Not about the moon: the guard does not apply, the model's reply is given as it is.
     other = await chat.reply("sun", tess, author="alice", content="How are you?")
     assert other.guard_action == "" and not other.broken and other.text != "Awoooo!"
+
+
+async def test_the_prompt_carries_the_lore_the_message_fires_and_the_log_names_only_ids(
+    chat, registry, history, caplog
+):
+    goku = registry.get("goku")
+    secret = "Who did you marry, big guy?"
+    with caplog.at_level("DEBUG", logger="bot.chat"):
+        prompt, _ = await chat.prompt_for(
+            "lore-chan", goku, chat.user_turn(goku, author="mo", content=secret)
+        )
+    assert "wife" in [hit.entry.id for hit in prompt.lore]
+    assert "Chi-Chi" in prompt.messages[-2]["content"]  # the fact, right before the message
+    logged = [r.getMessage() for r in caplog.records if r.name == "bot.chat"]
+    assert any(line.startswith("goku: lore ") and "wife" in line for line in logged)
+    assert not any(secret in line or "Chi-Chi" in line for line in logged)  # ids only
