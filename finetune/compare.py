@@ -12,9 +12,9 @@ from pathlib import Path
 
 from bot.characters import Character
 from bot.config import Config
+from bot.context import PromptAssembler
 from bot.engine import GenerationRequest, InferenceEngine, SamplingSettings
 from bot.history import Turn
-from bot.prompt import build_prompt
 from bot.responder import clean_character_reply
 
 
@@ -36,15 +36,10 @@ def compare(
     engine = InferenceEngine.from_config(config)
     engine.load_adapter(character.id, adapter)
     settings = SamplingSettings.from_config(config.generation, temperature=0.0)
+    assembler = PromptAssembler.from_config(engine.tokenizer, config, [character])  # as served
     requests = []
     for text in prompts:
-        prompt = build_prompt(
-            character,
-            [],
-            Turn("user", user_name, text),
-            tokenizer=engine.tokenizer,
-            budget=config.prompt.token_budget,
-        )
+        prompt = assembler.build(character, [], Turn("user", user_name, text))
         for adapter_name in (None, character.id):
             requests.append(GenerationRequest(prompt.text, settings, adapter=adapter_name))
     results = engine.generate(requests)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from bot.characters import Character, CharacterRegistry
 from bot.config import Config, GenerationConfig
+from bot.context import PromptAssembler
 from bot.engine import Batcher, InferenceEngine
 from bot.generation.embedded import EmbeddedBackend
 from bot.history import Turn
-from bot.prompt import build_prompt
 from bot.responder import Responder
 
 
@@ -90,6 +90,7 @@ async def _sample(
         engine, max_batch_size=batching.max_batch_size, max_wait_ms=batching.max_wait_ms
     )
     backend = EmbeddedBackend(engine, batcher, config.characters_path)
+    assembler = PromptAssembler.from_config(engine.tokenizer, config, [character])  # as served
     samples = []
     try:
         for setup, chosen in setups.items():
@@ -100,13 +101,7 @@ async def _sample(
             )
             for text in messages:
                 message = Turn("user", "User", text, character.id)
-                prompt = build_prompt(
-                    character,
-                    [],
-                    message,
-                    tokenizer=engine.tokenizer,
-                    budget=config.prompt.token_budget,
-                )
+                prompt = assembler.build(character, [], message)
                 for seed in range(n):
                     engine.seed = seed
                     start = time.perf_counter()
