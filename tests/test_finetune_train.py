@@ -232,7 +232,16 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     ]  # fmt: skip
     # 24 steps: on a fast, idle CPU 6 steps (one checkpoint each) ended before the poll below
     # saw a checkpoint, and the interrupt came too late.
-    first = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background commands with SIGINT ignored, and Python
+    # keeps it ignored: give the child the default, so the interrupt below reaches it.
+    first = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     checkpoint = tmp_path / "training" / "goku-checkpoint" / "state.pt"
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:

@@ -308,19 +308,32 @@ def test_the_creators_view_says_which_entries_fire_and_why_and_shows_the_prompt(
 def test_knowledge_pairs_keep_only_answers_that_state_the_fact(config, clean_engine):
     from finetune.knowledge import KnowledgeOptions, card_section, knowledge_pairs
 
-    tess = make_character(lore=[WIFE | {"questions": ["Who is your wife?", "Are you married?"]}])
+    # Two entries: one whose "fact" any first-person answer states (so the run is not vacuous
+    # whatever the small model says), one whose fact no answer can state.
+    anything = WIFE | {
+        "id": "anything",
+        "questions": ["Who is your wife?", "Are you married?"],
+        "eval_questions": [],
+        "answer": [r"\b(i|i'm|my|me)\b"],
+    }
+    nothing = WIFE | {"id": "nothing", "answer": ["zqxjv"]}
+    tess = make_character(lore=[anything, nothing])
     options = KnowledgeOptions(samples=4, max_new_tokens=24)
     result = knowledge_pairs(tess, clean_engine, config, options, [tess])
-    (count,) = result.counts
-    assert count.questions == 2 and count.sampled == 8 and result.sampled == 8
-    # Every kept answer states the fact and passed the filter; two records per answered
-    # question, one prompted without lore.
-    answered = count.questions - len(count.unanswered)
+    first, second = result.counts
+    assert (first.questions, first.sampled, second.questions, second.sampled) == (2, 8, 1, 4)
+    assert second.kept == 0 and second.unanswered == ["Who is your wife?"]
+    answered = first.questions - len(first.unanswered)
     assert answered >= 1  # seeded: the same answers every run
+    # Two records per answered question, the second prompted without lore; each passed the
+    # filter (the fact, the guards, the first person).
     assert len(result.records) == 2 * answered
     assert [r.lore for r in result.records] == [True, False] * answered
     for record in result.records:
         assert acceptable(tess, tess.lore[0], record.context[-1].content, record.reply)
-        assert record.scene == "knowledge:wife"
-    assert result.kept >= answered
-    assert "| wife | 2 | 8 |" in card_section(tess, result, options)
+        assert record.scene == "knowledge:anything"
+    section = card_section(tess, result, options)
+    assert (
+        "| anything | 2 | 8 |" in section
+        and "| nothing | 1 | 4 | 0 | Who is your wife? |" in section
+    )
